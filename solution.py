@@ -1,0 +1,412 @@
+"""Backdoored-model detector for the Rayan contest (PreActResNet18 image classifiers).
+
+Entry points
+    detect(model, num_classes, test_images_folder_address, transformation) -> int
+        0 = backdoored, 1 = clean (the encoding of the sample metadata's `ground_truth`).
+    backdoor_model_detector(model, num_classes, test_images_folder_address, transformation) -> int
+        The official grader's name and convention: 1 = backdoored, 0 = clean (= 1 - detect(...)).
+        This file can be uploaded as `main.py` unchanged.
+    evidence(...) -> dict
+        What detect() decides from: per-class statistics, the null fit, the p-value, the suspected target.
+
+Method (max-margin in feature space, after the seed method of "No Trust Issues Here")
+    For every class t, take clean images, run them up to an intermediate block, and treat that
+    activation as a free variable: optimise it so that the rest of the network puts class t ahead of
+    every other class by the largest margin logit_t - max_{k!=t} logit_k. An all-to-one backdoor is a
+    shortcut to its target class, so the target reaches a much larger margin than the other classes.
+    The K per-class statistics are judged by an exponential null fitted (maximum likelihood, loc = min,
+    scale = mean - min) to the K-1 statistics other than the largest; p = 1 - F(max)^K; backdoored iff
+    p < P_THRESHOLD, the file's one tuned constant.
+
+Time: detect() keeps a wall-clock budget (HYP['budget_s'], 40 s) on any hardware. It times one
+optimisation step, then picks the number of images and steps from a fixed ladder so that the whole
+run fits; on a GPU the full setting fits easily, on a 2-core CPU it is scaled down.
+
+Side effects: none. The caller's model is deep-copied (parameters, buffers, training flag, device and
+requires_grad flags stay as they were), the transformation is only called, the global RNG states
+(torch, CUDA, numpy, random) are restored, nothing is written, and only the given folder is read.
+Same inputs on the same machine give the same verdict and p-value.
+
+Fallbacks (documented, never silent crashes): unreadable, hidden and non-image files are skipped; with
+fewer than HYP['min_images'] readable images the detector synthesises smooth noise images at the
+transform's size and runs data-free; with 2 classes the null has one point and no test is possible, so
+the model is called clean with p = 1.
+"""
+import copy
+import math
+import os
+import random
+import re
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+P_THRESHOLD = 0.08  # the one tuned constant: backdoored iff the p-value of the largest class statistic is below it
+
+HYP = {
+    'budget_s': 40.0,        # seconds of wall clock for the whole call, loading included (grader allows 60)
+    'max_images': 200,       # images read from the folder at most (class-balanced subset)
+    'min_images': 4,         # fewer readable images than this -> data-free mode on synthesised noise
+    'images': 20,            # images optimised per class, at most
+    'steps': 100,            # optimisation steps per class, at most
+    'min_steps': 10,         # never fewer steps than this (the budget guard may still stop early)
+    'split': 2,              # stages run before the free variable: conv1 + layer1[0]
+    'lr': 0.1,               # peak AdamW learning rate on the activation
+    'lr_final': 0.001,       # cosine decay ends here
+    'warmup': 0.1,           # share of steps with linear warm-up
+    'weight_decay': 0.01,    # AdamW default
+    'chunk_elems': 2 ** 26,  # largest free-variable tensor (elements) optimised at once, bounds memory
+    'noise_size': 32,        # data-free mode: image side when the transform names no size
+}
+
+IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.gif', '.tif', '.tiff', '.webp'}
+
+# -----------------------------------------------------------------------------
+# Reading the image folder
+
+
+def _list_images(folder):
+    """Image files in `folder` as (path, label) sorted by index; label -1 when the name has none."""
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f'test_images_folder_address must be a path, got {type(folder).__name__}')
+    if not os.path.isdir(folder):
+        raise ValueError(f'test_images_folder_address {folder!r} is not a folder')
+    items = []
+    with os.scandir(folder) as entries:
+        for e in entries:
+            stem, ext = os.path.splitext(e.name)
+            if e.name.startswith('.') or ext.lower() not in IMAGE_EXTS or not e.is_file():
+                continue
+            m = re.fullmatch(r'(\d+)_(\d+)', stem)
+            index, label = (int(m[1]), int(m[2])) if m else (math.inf, -1)
+            items.append((index, e.name, e.path, label))
+    items.sort()
+    return [(path, label) for _, _, path, label in items]
+
+
+def _balanced_subset(items, n):
+    """At most n items, round-robin over labels so every class is represented; deterministic."""
+    if len(items) <= n:
+        return items
+    by_label = {}
+    for it in items:
+        by_label.setdefault(it[1], []).append(it)
+    queues, out = list(by_label.values()), []
+    depth = 0
+    while len(out) < n:
+        for q in queues:
+            if depth < len(q) and len(out) < n:
+                out.append(q[depth])
+        depth += 1
+    return out
+
+
+def _open_rgb(path):
+    """A PIL RGB image, or None if the file cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):  # 16-bit or float grey: rescale to 8 bits
+                a = np.asarray(im, dtype=np.float64)
+                lo, hi = a.min(), a.max()
+                a = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
+                im = Image.fromarray(a.astype(np.uint8), 'L')
+            return im.convert('RGB')
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def _to_chw(out, where):
+    """Coerce a transform's output to a float (3, H, W) tensor."""
+    if isinstance(out, Image.Image):
+        out = torch.from_numpy(np.array(out.convert('RGB'), dtype=np.float32) / 255).permute(2, 0, 1)
+    elif isinstance(out, np.ndarray):
+        out = torch.from_numpy(out)
+    if not torch.is_tensor(out):
+        raise TypeError(f'transformation returned {type(out).__name__} for {where}; expected a tensor or image')
+    out = out.float()
+    if out.dim() == 2:
+        out = out.unsqueeze(0)
+    if out.dim() != 3:
+        raise ValueError(f'transformation returned shape {tuple(out.shape)} for {where}; expected (C, H, W)')
+    if out.shape[0] == 1:
+        out = out.expand(3, -1, -1)
+    elif out.shape[0] == 4:
+        out = out[:3]
+    if out.shape[0] != 3:
+        raise ValueError(f'transformation returned {out.shape[0]} channels for {where}; the model takes 3')
+    return out
+
+
+def _apply(transformation, img, where):
+    if transformation is None:  # documented fallback: raw pixels in [0, 1] at the image's own size
+        return _to_chw(img, where)
+    if not callable(transformation):
+        raise TypeError(f'transformation must be callable, got {type(transformation).__name__}')
+    try:
+        out = transformation(img)
+    except Exception as e:  # a caller's transform can raise anything; say where it failed
+        raise ValueError(f'transformation failed on {where}: {type(e).__name__}: {e}') from e
+    return _to_chw(out, where)
+
+
+def _stack(tensors):
+    """Stack (3, H, W) tensors; sizes that differ from the most common one are resized to it."""
+    sizes = [tuple(t.shape[1:]) for t in tensors]
+    common = max(set(sizes), key=sizes.count)
+    fixed = [t if tuple(t.shape[1:]) == common else
+             F.interpolate(t[None], size=common, mode='bilinear', align_corners=False)[0] for t in tensors]
+    return torch.stack(fixed)  # (N, 3, H, W)
+
+
+def _transform_size(transformation):
+    """The side length a transform's Resize names, else HYP['noise_size']."""
+    for t in getattr(transformation, 'transforms', [transformation]):
+        size = getattr(t, 'size', None)
+        if isinstance(size, int):
+            return size
+        if isinstance(size, (tuple, list)) and len(size) in (1, 2) and all(isinstance(s, int) for s in size):
+            return max(size)
+    return HYP['noise_size']
+
+
+def _noise_images(transformation, n, gen):
+    """Data-free fallback: smooth random colour images passed through the caller's transform."""
+    side = _transform_size(transformation)
+    coarse = torch.rand(n, 3, 4, 4, generator=gen)
+    fine = torch.rand(n, 3, side, side, generator=gen)
+    imgs = 0.7 * F.interpolate(coarse, size=(side, side), mode='bilinear', align_corners=False) + 0.3 * fine
+    out = []
+    for i in range(n):
+        arr = (imgs[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        out.append(_apply(transformation, Image.fromarray(arr, 'RGB'), f'synthesised image {i}'))
+    return _stack(out), torch.full((n,), -1, dtype=torch.long)
+
+
+def load_images(folder, transformation, gen=None):
+    """Clean images of the folder as (x (N, 3, H, W), labels (N,), data_free: bool)."""
+    gen = gen if gen is not None else torch.Generator().manual_seed(0)
+    items = _balanced_subset(_list_images(folder), HYP['max_images'])
+    xs, ys = [], []
+    for path, label in items:
+        img = _open_rgb(path)
+        if img is not None:
+            xs.append(_apply(transformation, img, os.path.basename(path)))
+            ys.append(label)
+    if len(xs) < HYP['min_images']:
+        x, y = _noise_images(transformation, max(HYP['images'], HYP['min_images']), gen)
+        return x, y, True
+    return _stack(xs), torch.tensor(ys, dtype=torch.long), False
+
+# -----------------------------------------------------------------------------
+# The model, split into a stem (frozen input side) and a head (where the free variable goes)
+
+REQUIRED = ('conv1', 'layer1', 'layer2', 'layer3', 'layer4', 'linear')
+
+
+def _check_model(model, num_classes):
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    if not isinstance(model, nn.Module):
+        raise TypeError(f'model must be a torch.nn.Module, got {type(model).__name__}')
+    missing = [n for n in REQUIRED if not isinstance(getattr(model, n, None), nn.Module)]
+    if missing:
+        raise ValueError(f'model lacks the PreActResNet18 sub-modules {missing}')
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+        raise TypeError(f'num_classes must be an int, got {type(num_classes).__name__}')
+    if num_classes < 2:
+        raise ValueError(f'num_classes must be at least 2, got {num_classes}')
+    out = getattr(model.linear, 'out_features', None)
+    if out is not None and out != num_classes:
+        raise ValueError(f'num_classes is {num_classes} but the model has {out} outputs')
+    return model
+
+
+def _device_for(model):
+    p = next(model.parameters(), None)
+    if p is not None and p.is_cuda:
+        return p.device
+    return torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu')
+
+
+class _Split:
+    """The network as stages [conv1, blocks of layer1..layer4]; stem = first `split` stages."""
+
+    def __init__(self, net, split):
+        stages = [net.conv1]
+        for name in ('layer1', 'layer2', 'layer3', 'layer4'):
+            layer = getattr(net, name)
+            stages += list(layer) if isinstance(layer, nn.Sequential) else [layer]
+        self.stem, self.rest = stages[:split], stages[split:]
+        self.pool = getattr(net, 'avgpool', None) or nn.AdaptiveAvgPool2d((1, 1))
+        self.linear = net.linear
+
+    def features(self, x):
+        for s in self.stem:
+            x = s(x)
+        return x
+
+    def logits(self, h):
+        for s in self.rest:
+            h = s(h)
+        return self.linear(self.pool(h).flatten(1))
+
+# -----------------------------------------------------------------------------
+# Per-class statistic: the largest margin the head can be pushed to
+
+
+def margin(logits, target):
+    """logit_t - max_{k != t} logit_k, per row; target (N,) long."""
+    own = logits.gather(1, target[:, None])[:, 0]
+    others = logits.scatter(1, target[:, None], float('-inf')).max(1).values
+    return own - others
+
+
+def _lr_at(step, steps):
+    warm = max(1, int(HYP['warmup'] * steps))
+    if step < warm:
+        return HYP['lr'] * (step + 1) / warm
+    t = (step - warm) / max(1, steps - warm)
+    return HYP['lr_final'] + 0.5 * (HYP['lr'] - HYP['lr_final']) * (1 + math.cos(math.pi * t))
+
+
+def _max_margins(split, h0, classes, steps, deadline):
+    """For each class in `classes`, optimise a copy of h0 (n, C, H, W) towards it; largest mean margin reached."""
+    n = h0.shape[0]
+    k = len(classes)
+    h = h0.repeat(k, 1, 1, 1).clone().requires_grad_(True)  # (k*n, C, H, W)
+    target = torch.tensor(classes, device=h0.device).repeat_interleave(n)
+    opt = torch.optim.AdamW([h], lr=HYP['lr'], weight_decay=HYP['weight_decay'])
+    best = torch.full((k,), float('-inf'), device=h0.device)
+    for step in range(steps):
+        for g in opt.param_groups:
+            g['lr'] = _lr_at(step, steps)
+        m = margin(split.logits(h), target)  # (k*n,)
+        best = torch.maximum(best, m.detach().view(k, n).mean(1))
+        opt.zero_grad(set_to_none=True)
+        (-m.sum()).backward()
+        opt.step()
+        if time.monotonic() > deadline:
+            break
+    with torch.no_grad():
+        best = torch.maximum(best, margin(split.logits(h), target).view(k, n).mean(1))
+    return best.tolist()
+
+
+def _plan(split, h0, num_classes, seconds):
+    """Images and steps per class that fit `seconds`, from a fixed ladder (coarse, so a run repeats)."""
+    probe = h0[:min(len(h0), 4)].clone().requires_grad_(True)
+    target = torch.zeros(len(probe), dtype=torch.long, device=h0.device)
+    for i in range(2):  # the first call pays for lazy initialisation; time the second
+        t0 = time.monotonic()
+        margin(split.logits(probe), target).sum().backward()
+        if h0.is_cuda:
+            torch.cuda.synchronize()
+        per_image_step = (time.monotonic() - t0) / len(probe)
+    affordable = seconds / max(per_image_step, 1e-9) / num_classes  # image-steps per class
+    n_max = min(HYP['images'], len(h0))
+    for steps in (HYP['steps'], 60, 40, 25, HYP['min_steps']):
+        for n in (n_max, 12, 8, 4, 2):
+            if n <= n_max and steps <= HYP['steps'] and n * steps <= affordable:
+                return n, steps
+    return min(2, n_max), HYP['min_steps']
+
+# -----------------------------------------------------------------------------
+# The null: an exponential fitted to the K-1 non-maximal statistics
+
+
+def exponential_fit(x):
+    """Maximum-likelihood (loc, scale) of a shifted exponential: loc = min, scale = mean - min."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    loc = x.min()
+    return loc.item(), (x.mean() - loc).item()
+
+
+def max_p_value(stats):
+    """p of the largest of K statistics under an exponential fitted to the other K-1: 1 - F(max)^K."""
+    s = torch.as_tensor(stats, dtype=torch.float64)
+    k = len(s)
+    if k < 3:
+        return 1.0  # one null point: no fit possible (documented fallback: called clean)
+    top = s.argmax()
+    loc, scale = exponential_fit(torch.cat([s[:top], s[top + 1:]]))
+    scale = max(scale, 1e-12 * max(1.0, abs(loc)))
+    cdf = 1 - torch.exp(-torch.clamp(s[top] - loc, min=0) / scale)
+    return float(1 - cdf ** k)
+
+# -----------------------------------------------------------------------------
+# Entry points
+
+
+class _Isolated:
+    """Restore the global RNG states (torch, CUDA, numpy, random) on exit."""
+
+    def __enter__(self):
+        self.torch = torch.random.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        self.np = np.random.get_state()
+        self.py = random.getstate()
+        return self
+
+    def __exit__(self, *exc):
+        torch.random.set_rng_state(self.torch)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+        np.random.set_state(self.np)
+        random.setstate(self.py)
+        return False
+
+
+def evidence(model, num_classes, test_images_folder_address, transformation):
+    """Everything detect() decides from, as a dict (see the keys below)."""
+    start = time.monotonic()
+    deadline = start + HYP['budget_s']
+    model = _check_model(model, num_classes)
+    num_classes = int(num_classes)
+    with _Isolated(), torch.enable_grad():
+        gen = torch.Generator().manual_seed(0)
+        x, labels, data_free = load_images(test_images_folder_address, transformation, gen)
+        device = _device_for(model)
+        net = copy.deepcopy(model).float().eval().requires_grad_(False).to(device)
+        split = _Split(net, HYP['split'])
+        with torch.no_grad():
+            h_all = split.features(x.to(device))  # (N, C, H, W)
+        n, steps = _plan(split, h_all, num_classes, deadline - time.monotonic() - 1.0)
+        h0 = h_all[_balanced_indices(labels, n)]
+        per_elem = h0[0].numel() * len(h0)
+        chunk = max(1, min(num_classes, HYP['chunk_elems'] // max(1, per_elem)))
+        stats = []
+        for c in range(0, num_classes, chunk):
+            stats += _max_margins(split, h0, list(range(c, min(num_classes, c + chunk))), steps, deadline)
+    p = max_p_value(stats)
+    target = int(np.argmax(stats))
+    loc, scale = exponential_fit([s for i, s in enumerate(stats) if i != target]) if num_classes > 2 else (stats[0], 0.0)
+    return {
+        'verdict': 0 if p < P_THRESHOLD else 1,  # 0 backdoored, 1 clean
+        'p_value': p,
+        'statistic': stats[target],              # largest per-class statistic
+        'target': target,                        # the class it belongs to: the suspected backdoor target
+        'per_class': stats,
+        'null_loc': loc, 'null_scale': scale,
+        'images': int(len(h0)), 'steps': steps, 'data_free': data_free,
+        'seconds': time.monotonic() - start, 'device': str(device),
+    }
+
+
+def _balanced_indices(labels, n):
+    order = _balanced_subset([(i, int(l)) for i, l in enumerate(labels)], n)
+    return torch.tensor([i for i, _ in order], dtype=torch.long)
+
+
+def detect(model, num_classes, test_images_folder_address, transformation):
+    """0 if the model is backdoored, 1 if it is clean."""
+    return evidence(model, num_classes, test_images_folder_address, transformation)['verdict']
+
+
+def backdoor_model_detector(model, num_classes, test_images_folder_address, transformation):
+    """The official grader's convention: 1 if backdoored, 0 if clean."""
+    return 1 - detect(model, num_classes, test_images_folder_address, transformation)

@@ -1,0 +1,45 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run from anywhere: solution.py and model_arch.py live at the root
+
+from model_arch import PreActResNet18  # noqa: E402
+
+CIFAR_LIKE = T.Compose([T.Resize((32, 32)), T.ToTensor(), T.Normalize((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))])
+
+
+def write_images(folder, n=20, size=32, classes=10, seed=0):
+    """n random RGB JPEGs named {index}_{label}.jpg."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(os.path.join(folder, f'{i}_{i % classes}.jpg'))
+    return str(folder)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    return write_images(tmp_path / 'test_dataset')
+
+
+@pytest.fixture
+def toy_model():
+    torch.manual_seed(0)
+    return PreActResNet18(num_classes=10, width=8).eval()
+
+
+@pytest.fixture
+def fast(monkeypatch):
+    """Few steps: for tests of the contract, not of detection quality."""
+    import solution
+    monkeypatch.setitem(solution.HYP, 'steps', 12)
+    monkeypatch.setitem(solution.HYP, 'min_steps', 12)
+    monkeypatch.setitem(solution.HYP, 'images', 6)

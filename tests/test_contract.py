@@ -1,0 +1,137 @@
+"""The contest contract of solution.py: return values, size, no side effects, no I/O, determinism."""
+import copy
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+
+import solution
+from conftest import CIFAR_LIKE, ROOT
+from model_arch import PreActResNet18
+
+
+def test_architecture_matches_contest_keys_and_size():
+    m = PreActResNet18(num_classes=10)
+    sd = m.state_dict()
+    assert len(sd) == 102
+    assert sum(p.numel() for p in m.parameters()) == 11_171_146
+    assert sd['conv1.weight'].shape == (64, 3, 3, 3)
+    assert sd['layer2.0.shortcut.0.weight'].shape == (128, 64, 1, 1)
+    assert sd['linear.weight'].shape == (10, 512)
+    assert 'layer1.0.shortcut.0.weight' not in sd  # shape kept: no shortcut conv
+    assert all(b.ind is None for layer in (m.layer1, m.layer2, m.layer3, m.layer4) for b in layer)
+
+
+def test_block_ind_hook_selects_shortcut_channels():
+    torch.manual_seed(0)
+    m = PreActResNet18(num_classes=3, width=4).eval()
+    x = torch.randn(2, 3, 16, 16)
+    ref = m(x)
+    m.layer1[0].ind = torch.arange(4)  # every channel: same network
+    assert torch.allclose(m(x), ref)
+    m.layer1[0].ind = torch.tensor([0, 0, 0, 0])  # one channel repeated: a different network
+    assert not torch.allclose(m(x), ref)
+
+
+def test_width_scales_channels_and_any_input_size_works():
+    m = PreActResNet18(num_classes=43, width=16).eval()
+    assert m.linear.in_features == 128
+    for side in (28, 32, 64):
+        assert m(torch.zeros(1, 3, side, side)).shape == (1, 43)
+
+
+def test_returns_int_verdict_and_grader_adapter(toy_model, image_folder, fast):
+    v = solution.detect(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert type(v) is int and v in (0, 1)
+    assert solution.backdoor_model_detector(toy_model, 10, image_folder, CIFAR_LIKE) == 1 - v
+
+
+def test_solution_is_small_and_imports_only_allowed_packages():
+    path = os.path.join(ROOT, 'solution.py')
+    assert os.path.getsize(path) < 1_000_000
+    src = open(path).read()
+    roots = set()
+    for line in src.splitlines():
+        words = line.split()
+        if words[:1] == ['import'] or (words[:1] == ['from'] and 'import' in words):
+            roots.add(words[1].split('.')[0])
+    assert roots <= {'copy', 'math', 'os', 're', 'random', 'time', 'numpy', 'torch', 'torchvision', 'PIL'}, roots
+
+
+def test_solution_compiles_under_python310_grammar():
+    # ast with feature_version rejects syntax newer than 3.10 (match is fine, PEP 695 generics are not)
+    import ast
+    src = open(os.path.join(ROOT, 'solution.py')).read()
+    ast.parse(src, feature_version=(3, 10))
+
+
+def _events(fn):
+    """Audit events ('open' paths, socket calls) raised while fn runs."""
+    seen = []
+    active = [True]
+
+    def hook(event, args):
+        if active[0] and (event == 'open' or event.startswith('socket.')):
+            seen.append((event, args[0] if args else None))
+    sys.addaudithook(hook)  # hooks cannot be removed: switch this one off afterwards
+    try:
+        fn()
+    finally:
+        active[0] = False
+    return seen
+
+
+def test_reads_only_the_image_folder_and_writes_nothing(toy_model, image_folder, fast):
+    solution.detect(toy_model, 10, image_folder, CIFAR_LIKE)  # warm imports first
+    seen = _events(lambda: solution.detect(toy_model, 10, image_folder, CIFAR_LIKE))
+    root = os.path.realpath(image_folder)
+    opened = [a for e, a in seen if e == 'open']
+    assert opened, 'expected the images to be opened'
+    for path in opened:
+        p = os.path.realpath(os.fsdecode(path)) if isinstance(path, (str, bytes, os.PathLike)) else None
+        assert p is not None and os.path.commonpath([root, p]) == root, f'opened outside the folder: {path}'
+    assert not [e for e, _ in seen if e.startswith('socket.')], 'no network'
+
+
+def test_leaves_model_transform_and_rng_untouched(image_folder, fast):
+    torch.manual_seed(1)
+    model = PreActResNet18(num_classes=10, width=8)
+    model.train()  # the caller's mode must survive
+    model.layer4.requires_grad_(False)
+    with torch.no_grad():
+        model(torch.randn(4, 3, 32, 32))  # move BN running stats away from their init
+    before = copy.deepcopy(model.state_dict())
+    flags = [p.requires_grad for p in model.parameters()]
+    transform = copy.deepcopy(CIFAR_LIKE)
+    transform_repr = repr(transform)
+    random.seed(5); np.random.seed(5); torch.manual_seed(5)
+    rng = (random.getstate(), np.random.get_state()[1].copy(), torch.random.get_rng_state().clone())
+
+    solution.detect(model, 10, image_folder, transform)
+
+    assert model.training
+    assert [p.requires_grad for p in model.parameters()] == flags
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), 'parameters or BN statistics changed'
+    assert repr(transform) == transform_repr
+    assert random.getstate() == rng[0]
+    assert np.array_equal(np.random.get_state()[1], rng[1])
+    assert torch.equal(torch.random.get_rng_state(), rng[2])
+
+
+def test_same_inputs_same_answer(toy_model, image_folder, fast):
+    a = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    b = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert a['per_class'] == b['per_class'] and a['p_value'] == b['p_value'] and a['verdict'] == b['verdict']
+
+
+def test_mnist_style_grayscale_transform(tmp_path, fast):
+    from conftest import write_images
+    folder = write_images(tmp_path / 'imgs', n=12, size=28)
+    mnist = T.Compose([T.Resize((28, 28)), T.Grayscale(num_output_channels=3), T.ToTensor(), T.Normalize([0.5], [0.5])])
+    model = PreActResNet18(num_classes=10, width=8).eval()
+    e = solution.evidence(model, 10, folder, mnist)
+    assert len(e['per_class']) == 10 and 0.0 <= e['p_value'] <= 1.0
