@@ -55,6 +55,8 @@ HYP = {
     'steps': 100,            # optimisation steps per class, at most
     'min_steps': 10,         # never fewer steps than this (the budget guard may still stop early)
     'split': 2,              # stages run before the free variable: conv1 + layer1[0]
+    'mode': 'free',          # 'free': one variable per image (seed); 'universal': one bounded shift per class
+    'eps': 0.5,              # universal mode: shift norm / mean activation norm
     'lr': 0.1,               # peak AdamW learning rate on the activation
     'lr_final': 0.001,       # cosine decay ends here
     'warmup': 0.1,           # share of steps with linear warm-up
@@ -275,45 +277,64 @@ def _lr_at(step, steps):
 
 
 def _max_margins(split, h0, classes, steps, deadline):
-    """For each class in `classes`, optimise a copy of h0 (n, C, H, W) towards it; largest mean margin reached."""
-    n = h0.shape[0]
-    k = len(classes)
-    h = h0.repeat(k, 1, 1, 1).clone().requires_grad_(True)  # (k*n, C, H, W)
+    """For each class in `classes`, push the n activations h0 (n, C, H, W) towards it; largest mean margin.
+
+    mode 'free': every image's activation is its own free variable (the seed method).
+    mode 'universal': one shift per class, shared by all images, of L2 norm at most eps times the
+    images' mean activation norm: a backdoor is a shortcut that works for every input at once."""
+    n, k = h0.shape[0], len(classes)
     target = torch.tensor(classes, device=h0.device).repeat_interleave(n)
-    opt = torch.optim.AdamW([h], lr=HYP['lr'], weight_decay=HYP['weight_decay'])
+    universal = HYP['mode'] == 'universal'
+    if universal:
+        var = torch.zeros((k,) + h0.shape[1:], device=h0.device, requires_grad=True)  # (k, C, H, W)
+        radius = HYP['eps'] * h0.flatten(1).norm(dim=1).mean()
+    else:
+        var = h0.repeat(k, 1, 1, 1).clone().requires_grad_(True)  # (k*n, C, H, W)
+
+    def current():
+        return h0.repeat(k, 1, 1, 1) + var.repeat_interleave(n, 0) if universal else var
+
+    opt = torch.optim.AdamW([var], lr=HYP['lr'], weight_decay=0.0 if universal else HYP['weight_decay'])
     best = torch.full((k,), float('-inf'), device=h0.device)
     for step in range(steps):
         for g in opt.param_groups:
             g['lr'] = _lr_at(step, steps)
-        m = margin(split.logits(h), target)  # (k*n,)
+        m = margin(split.logits(current()), target)  # (k*n,)
         best = torch.maximum(best, m.detach().view(k, n).mean(1))
         opt.zero_grad(set_to_none=True)
         (-m.sum()).backward()
         opt.step()
+        if universal:
+            with torch.no_grad():  # project each class's shift back onto the ball
+                norms = var.flatten(1).norm(dim=1).clamp(min=1e-12)
+                var.mul_((radius / norms).clamp(max=1.0).view(-1, 1, 1, 1))
         if time.monotonic() > deadline:
             break
     with torch.no_grad():
-        best = torch.maximum(best, margin(split.logits(h), target).view(k, n).mean(1))
+        best = torch.maximum(best, margin(split.logits(current()), target).view(k, n).mean(1))
     return best.tolist()
 
 
-def _plan(split, h0, num_classes, seconds):
-    """Images and steps per class that fit `seconds`, from a fixed ladder (coarse, so a run repeats)."""
-    probe = h0[:min(len(h0), 4)].clone().requires_grad_(True)
-    target = torch.zeros(len(probe), dtype=torch.long, device=h0.device)
-    for i in range(2):  # the first call pays for lazy initialisation; time the second
+def _plan(split, h_all, num_classes, chunk, seconds):
+    """Images and steps per class that fit `seconds`, from a fixed ladder (coarse, so a run repeats).
+
+    Times two forward-backward passes of a real-size batch (the first pays for lazy initialisation)."""
+    n_max = min(HYP['images'], len(h_all))
+    probe = h_all[:n_max].repeat(min(chunk, num_classes), 1, 1, 1).requires_grad_(True)
+    target = torch.zeros(len(probe), dtype=torch.long, device=h_all.device)
+    for _ in range(2):
         t0 = time.monotonic()
         margin(split.logits(probe), target).sum().backward()
-        if h0.is_cuda:
+        if h_all.is_cuda:
             torch.cuda.synchronize()
         per_image_step = (time.monotonic() - t0) / len(probe)
     affordable = seconds / max(per_image_step, 1e-9) / num_classes  # image-steps per class
-    n_max = min(HYP['images'], len(h0))
     for steps in (HYP['steps'], 60, 40, 25, HYP['min_steps']):
         for n in (n_max, 12, 8, 4, 2):
             if n <= n_max and steps <= HYP['steps'] and n * steps <= affordable:
                 return n, steps
     return min(2, n_max), HYP['min_steps']
+
 
 # -----------------------------------------------------------------------------
 # The null: an exponential fitted to the K-1 non-maximal statistics
@@ -375,10 +396,10 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         split = _Split(net, HYP['split'])
         with torch.no_grad():
             h_all = split.features(x.to(device))  # (N, C, H, W)
-        n, steps = _plan(split, h_all, num_classes, deadline - time.monotonic() - 1.0)
+        per_image = h_all[0].numel()
+        chunk = max(1, min(num_classes, HYP['chunk_elems'] // (per_image * min(HYP['images'], len(h_all)))))
+        n, steps = _plan(split, h_all, num_classes, chunk, deadline - time.monotonic() - 1.0)
         h0 = h_all[_balanced_indices(labels, n)]
-        per_elem = h0[0].numel() * len(h0)
-        chunk = max(1, min(num_classes, HYP['chunk_elems'] // max(1, per_elem)))
         stats = []
         for c in range(0, num_classes, chunk):
             stats += _max_margins(split, h0, list(range(c, min(num_classes, c + chunk))), steps, deadline)

@@ -1,0 +1,189 @@
+"""Train clean and backdoored PreActResNet18s and write them as contest samples.
+
+    python -m bench.zoo --preset default --out cache/zoo-default
+
+Each model becomes one folder in the contest format (bench/samples.py) and one line of DIR/zoo.jsonl
+(data, attack, target, poison rate, clean accuracy, ASR, width, seed, split, training seconds). A model
+whose folder is complete is reused, so an interrupted run resumes. Everything is deterministic from the
+specs below. Models with seed >= 100 form the held-out split: evaluated, never tuned on.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+import torch
+
+from bench import attacks, data as datasets, samples, train
+from model_arch import PreActResNet18
+
+HOLDOUT_SEED = 100  # seeds from here on are the held-out split
+
+
+def spec(attack=None, seed=0, data='synthetic', width=16, epochs=12, rate=None, params=None,
+         data_kw=None, **train_kw):
+    """One model to build. attack None = clean; train_kw go to bench.train.train."""
+    tag = attack or 'clean'
+    for key in ('adv', 'label_smoothing'):
+        if train_kw.get(key):
+            tag += f'-{dict(adv="adv", label_smoothing="ls")[key]}{train_kw[key]}'
+    if train_kw.get('augment') is False:
+        tag += '-noaug'
+    if epochs != 12:
+        tag += f'-e{epochs}'
+    kw = dict(data_kw or {})
+    dname = data + (f'{kw["num_classes"]}' if 'num_classes' in kw else '')
+    return dict(name=f'{dname}-{tag}-w{width}-s{seed}', data=data, data_kw=kw, attack=attack, rate=rate,
+                params=params or {}, seed=seed, width=width, epochs=epochs, train_kw=train_kw)
+
+
+ATTACKS = ['badnets', 'blended', 'sig', 'wanet', 'iad', 'ssba', 'lf', 'bpp', 'trojannn', 'adap_blend', 'lc']
+
+
+def _clean_variants(seeds, **kw):
+    out = [spec(None, s, **kw) for s in seeds]
+    out += [spec(None, seeds[0] + 1, label_smoothing=0.1, **kw), spec(None, seeds[0] + 2, augment=False, **kw),
+            spec(None, seeds[0] + 3, adv='fgsm', **kw)]
+    return out
+
+
+def _preset_smoke():
+    kw = dict(data_kw=dict(num_classes=10, n_train=60, n_test=20), width=8, epochs=4)
+    return [spec(None, 0, **kw), spec('badnets', 0, rate=0.2, params=dict(patch=6, pattern='checker'), **kw)]
+
+
+def _preset_default():
+    kw = dict(data_kw=dict(num_classes=10, n_train=300, n_test=60))
+    out = _clean_variants([0, 1], **kw) + [spec(None, 4, epochs=30, **kw)]
+    out += [spec(a, 0, **kw) for a in ATTACKS]
+    # held out: other seeds, so other triggers, targets and initialisations
+    out += [spec(None, s, **kw) for s in (100, 101, 102)] + [spec(None, 103, adv='fgsm', **kw)]
+    out += [spec(a, 100, **kw) for a in ('badnets', 'blended', 'wanet', 'ssba')]
+    kw43 = dict(data_kw=dict(num_classes=43, n_train=60, n_test=20))
+    out += [spec(None, 0, **kw43), spec('badnets', 0, **kw43)]
+    return out
+
+
+def _preset_real():
+    out = []
+    for name, width in (('cifar10', 16), ('gtsrb', 16), ('mnist', 16), ('fashion', 16), ('tiny32', 16), ('tiny64', 16)):
+        kw = dict(data=name, width=width)
+        out += _clean_variants([0, 1], **kw)
+        out += [spec(a, 0, **kw) for a in ATTACKS]
+        out += [spec(None, 100, **kw), spec('badnets', 100, **kw), spec('blended', 100, **kw)]
+    return out
+
+
+def _preset_full():
+    out = []
+    for name in ('cifar10', 'gtsrb', 'mnist', 'tiny32', 'tiny64'):
+        kw = dict(data=name, width=64, epochs=30)
+        out += _clean_variants([0, 1], **kw) + [spec(a, 0, **kw) for a in ATTACKS]
+    return out
+
+
+PRESETS = {'smoke': _preset_smoke, 'default': _preset_default, 'real': _preset_real, 'full': _preset_full}
+
+# -----------------------------------------------------------------------------
+
+
+def test_subset(ds, seed):
+    """The sample's image folder: 1% of the test split, at least 3 per class, class-balanced."""
+    n = max(round(0.01 * len(ds.y_test)), 3 * ds.num_classes)
+    per_class = -(-n // ds.num_classes)
+    g = torch.Generator().manual_seed(seed)
+    idx = []
+    for c in range(ds.num_classes):
+        where = (ds.y_test == c).nonzero().flatten()
+        idx += where[torch.randperm(len(where), generator=g)[:per_class]].tolist()
+    idx = sorted(idx)[:n] if len(idx) > n else sorted(idx)
+    return ds.x_test[idx], ds.y_test[idx]
+
+
+def build(s, ds, out_dir, log=print):
+    """Train one model from its spec and write its sample folder; returns its zoo.jsonl row."""
+    g = torch.Generator().manual_seed(10_000 + s['seed'])
+    target = int(torch.randint(ds.num_classes, (1,), generator=g)) if s['attack'] else None
+    with torch.random.fork_rng():
+        torch.manual_seed(s['seed'])  # the model's initial weights
+        model = PreActResNet18(ds.num_classes, s['width'])
+    atk = None
+    if s['attack']:
+        atk = attacks.make(s['attack'], target, ds.size, seed=s['seed'], rate=s['rate'], **s['params'])
+    fig = train.train(model, ds, atk, epochs=s['epochs'], seed=s['seed'], log=lambda m: log(f'  {s["name"]} {m}'),
+                      **s['train_kw'])
+    x, y = test_subset(ds, s['seed'])
+    tmp = os.path.join(out_dir, '.tmp-' + s['name'])
+    shutil.rmtree(tmp, ignore_errors=True)
+    samples.write(tmp, model.state_dict(), ds.num_classes, ds.transform(), x, y, ground_truth=0 if atk else 1)
+    final = os.path.join(out_dir, s['name'])
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return {
+        'name': s['name'], 'data': ds.name + (f'{ds.num_classes}' if ds.name == 'synthetic' else ''),
+        'attack': s['attack'] or 'clean', 'target': target, 'rate': atk.rate if atk else None,
+        'params': atk.params if atk else {}, 'clean_acc': round(fig['clean_acc'], 2),
+        'asr': round(fig['asr'], 2) if fig['asr'] is not None else None, 'width': s['width'], 'seed': s['seed'],
+        'split': 'holdout' if s['seed'] >= HOLDOUT_SEED else 'tune', 'epochs': s['epochs'],
+        'train': s['train_kw'], 'num_classes': ds.num_classes, 'seconds': round(fig['seconds'], 1),
+    }
+
+
+def build_zoo(preset, out_dir, data_root=None, match='', log=print):
+    """Build every model of a preset that is not already in out_dir; returns the rows of zoo.jsonl."""
+    if preset not in PRESETS:
+        raise SystemExit(f'unknown preset {preset!r}; choose from {", ".join(PRESETS)}')
+    os.makedirs(out_dir, exist_ok=True)
+    index_path = os.path.join(out_dir, 'zoo.jsonl')
+    rows = {}
+    if os.path.exists(index_path):
+        with open(index_path) as f:
+            rows = {r['name']: r for r in map(json.loads, filter(str.strip, f))}
+    cache, missing = {}, set()
+    for s in [s for s in PRESETS[preset]() if match in s['name']]:
+        if s['name'] in rows and samples.is_sample(os.path.join(out_dir, s['name'])):
+            continue
+        key = (s['data'], json.dumps(s['data_kw'], sort_keys=True))
+        if s['data'] in missing:
+            continue
+        if key not in cache:
+            try:
+                cache[key] = datasets.load(s['data'], root=data_root, seed=0, **s['data_kw'])
+            except datasets.DataMissing as e:
+                log(f'skipping {s["data"]}: {e}')
+                missing.add(s['data'])
+                continue
+        t0 = time.time()
+        row = build(s, cache[key], out_dir, log)
+        rows[s['name']] = row
+        with open(index_path, 'a') as f:
+            f.write(json.dumps(row) + '\n')
+        asr = f'asr {row["asr"]:.1f}' if row['asr'] is not None else 'clean'
+        log(f'{s["name"]}: acc {row["clean_acc"]:.1f} {asr} {time.time() - t0:.0f}s')
+    return list(rows.values())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--preset', default='default', help=f'one of {", ".join(PRESETS)} (default: default)')
+    ap.add_argument('--out', default=None, help='output folder (default: cache/zoo-PRESET)')
+    ap.add_argument('--data-root', default=None, help='folder of the real data (default: $BENCH_DATA or ../shared/data)')
+    ap.add_argument('--match', default='', help='only models whose name contains this text')
+    ap.add_argument('--threads', type=int, default=os.cpu_count(), help='torch CPU threads (default: all cores)')
+    ap.add_argument('--list', action='store_true', help='print the preset\'s model names and exit')
+    args = ap.parse_args(argv)
+    if args.preset not in PRESETS:
+        raise SystemExit(f'unknown preset {args.preset!r}; choose from {", ".join(PRESETS)}')
+    if args.list:
+        print('\n'.join(s['name'] for s in PRESETS[args.preset]()))
+        return
+    torch.set_num_threads(args.threads)
+    out = args.out or os.path.join('cache', f'zoo-{args.preset}')
+    rows = build_zoo(args.preset, out, args.data_root, args.match, log=lambda m: print(m, flush=True))
+    print(f'{len(rows)} models in {out}', file=sys.stderr)
+
+
+if __name__ == '__main__':
+    main()
