@@ -205,7 +205,8 @@ def fmt_row(r):
                           verdict + mark, f'{r["seconds"]:.1f}', f'{r["peak_mib"]:.0f}') + weak
 
 
-def print_summary(s, out=sys.stdout):
+def print_summary(s, out=None):
+    out = out or sys.stdout
     print('-' * 100, file=out)
     for a, v in s['per_attack'].items():
         what = 'false positives' if a == 'clean' else 'detected'

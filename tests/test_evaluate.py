@@ -1,0 +1,41 @@
+"""The evaluator: rows, error rows for bad samples, the summary and its last line."""
+import json
+import re
+
+import torch
+
+from bench import evaluate, samples
+from model_arch import PreActResNet18
+from test_samples import MNIST_LIKE
+
+
+def test_auroc_counts_ties_half():
+    assert evaluate.auroc([3.0, 2.0], [1.0, 0.0]) == 1.0
+    assert evaluate.auroc([1.0], [1.0]) == 0.5
+    assert evaluate.auroc([0.0, 2.0], [1.0]) == 0.5
+
+
+def test_evaluator_runs_reports_errors_and_ends_with_the_summary_line(tmp_path, capsys, fast):
+    for name, truth in (('m-clean', 1), ('m-bd', 0)):
+        torch.manual_seed(len(name))
+        model = PreActResNet18(10, 4)
+        imgs = torch.randint(0, 256, (12, 3, 28, 28), dtype=torch.uint8)
+        samples.write(str(tmp_path / name), model.state_dict(), 10, MNIST_LIKE, imgs, [i % 10 for i in range(12)], truth)
+    (tmp_path / 'm-broken').mkdir()
+    (tmp_path / 'm-broken' / 'metadata.pt').write_bytes(b'not a torch file')
+    out = tmp_path / 'res.json'
+    summary = evaluate.main([str(tmp_path), '--json', str(out), '--set', 'steps=12'])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r'accuracy [\d.]+ auroc [\d.na]+ fpr [\d.]+ fnr [\d.]+ mean_s [\d.]+ max_s [\d.]+ n 2',
+                        printed[-1]), printed[-1]
+    assert any('m-broken' in line and 'ERROR' in line for line in printed)
+    assert summary['errors'] == 1 and summary['n'] == 2
+    saved = json.loads(out.read_text())
+    assert {r['name'] for r in saved['rows']} == {'m-clean', 'm-bd', 'm-broken'}
+    assert (tmp_path / 'res.png').exists()
+
+
+def test_unknown_setting_is_refused(tmp_path):
+    import pytest
+    with pytest.raises(SystemExit, match='unknown setting'):
+        evaluate.override(evaluate.load_detector('solution'), ['stepz=3'])
