@@ -266,7 +266,11 @@ def main(argv=None):
     ap.add_argument('--match', default='', help='only samples whose folder name contains this text')
     ap.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                     help='override one of the detector\'s HYP settings (repeatable), for ablations')
+    ap.add_argument('--threads', type=int, default=None,
+                    help='torch CPU threads (default: torch\'s own; use 1 when other jobs share the cores)')
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not os.path.isdir(args.root):
         raise SystemExit(f'{args.root}: not a folder')
     detector = load_detector(args.detector)

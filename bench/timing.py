@@ -18,7 +18,7 @@ import torch
 
 import solution
 from bench import attacks, data as datasets, samples, train
-from bench.zoo import test_subset
+from bench.zoo import image_subset
 from model_arch import PreActResNet18
 
 CONTEST_LIMIT_S = 60.0
@@ -45,7 +45,7 @@ def make_sample(folder, num_classes, width, attack, seed=0):
         model = PreActResNet18(num_classes, width)
     atk = attacks.make('badnets', 0, ds.size, seed=seed) if attack else None
     train.train(model, ds, atk, epochs=1, batch=64, seed=seed, log=lambda m: None)
-    x, y = test_subset(ds, seed)
+    x, y = image_subset(ds, seed)
     samples.write(folder, model.state_dict(), num_classes, ds.transform(), x, y, ground_truth=0 if attack else 1)
     return samples.read(folder)
 

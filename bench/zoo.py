@@ -54,15 +54,21 @@ def _preset_smoke():
     return [spec(None, 0, **kw), spec('badnets', 0, rate=0.2, params=dict(patch=6, pattern='checker'), **kw)]
 
 
+def _interleave(a, b):
+    """Alternate two lists (the rest of the longer one at the end): a partial zoo has both kinds."""
+    out = [x for pair in zip(a, b) for x in pair]
+    return out + a[len(b):] + b[len(a):]
+
+
 def _preset_default():
     kw = dict(data_kw=dict(num_classes=10, n_train=300, n_test=60))
-    out = _clean_variants([0, 1], **kw) + [spec(None, 4, epochs=30, **kw)]
-    out += [spec(a, 0, **kw) for a in ATTACKS]
+    clean = _clean_variants([0, 1], **kw) + [spec(None, 4, epochs=30, **kw)]
+    out = _interleave([spec(a, 0, **kw) for a in ATTACKS], clean)
     # held out: other seeds, so other triggers, targets and initialisations
-    out += [spec(None, s, **kw) for s in (100, 101, 102)] + [spec(None, 103, adv='fgsm', **kw)]
-    out += [spec(a, 100, **kw) for a in ('badnets', 'blended', 'wanet', 'ssba')]
+    held = [spec(a, 100, **kw) for a in ('badnets', 'blended', 'wanet', 'ssba')]
+    out += _interleave(held, [spec(None, s, **kw) for s in (100, 101, 102)] + [spec(None, 103, adv='fgsm', **kw)])
     kw43 = dict(data_kw=dict(num_classes=43, n_train=60, n_test=20))
-    out += [spec(None, 0, **kw43), spec('badnets', 0, **kw43)]
+    out += [spec('badnets', 0, **kw43), spec(None, 0, **kw43)]
     return out
 
 
@@ -89,7 +95,7 @@ PRESETS = {'smoke': _preset_smoke, 'default': _preset_default, 'real': _preset_r
 # -----------------------------------------------------------------------------
 
 
-def test_subset(ds, seed):
+def image_subset(ds, seed):
     """The sample's image folder: 1% of the test split, at least 3 per class, class-balanced."""
     n = max(round(0.01 * len(ds.y_test)), 3 * ds.num_classes)
     per_class = -(-n // ds.num_classes)
@@ -114,7 +120,7 @@ def build(s, ds, out_dir, log=print):
         atk = attacks.make(s['attack'], target, ds.size, seed=s['seed'], rate=s['rate'], **s['params'])
     fig = train.train(model, ds, atk, epochs=s['epochs'], seed=s['seed'], log=lambda m: log(f'  {s["name"]} {m}'),
                       **s['train_kw'])
-    x, y = test_subset(ds, s['seed'])
+    x, y = image_subset(ds, s['seed'])
     tmp = os.path.join(out_dir, '.tmp-' + s['name'])
     shutil.rmtree(tmp, ignore_errors=True)
     samples.write(tmp, model.state_dict(), ds.num_classes, ds.transform(), x, y, ground_truth=0 if atk else 1)
