@@ -57,6 +57,9 @@ HYP = {
     'split': 2,              # stages run before the free variable: conv1 + layer1[0]
     'mode': 'free',          # 'free': one variable per image (seed); 'universal': one bounded shift per class
     'eps': 0.5,              # universal mode: shift norm / mean activation norm
+    'init': 'images',        # start from the clean 'images' or from uniform 'noise' over their pixel range
+    'reduce': 'mean',        # per class, over its images: 'mean' or 'max' margin
+    'linf': 0.0,             # input space (split 0): L-inf radius around each image, share of the pixel range (0 = none)
     'lr': 0.1,               # peak AdamW learning rate on the activation
     'lr_final': 0.001,       # cosine decay ends here
     'warmup': 0.1,           # share of steps with linear warm-up
@@ -276,7 +279,12 @@ def _lr_at(step, steps):
     return HYP['lr_final'] + 0.5 * (HYP['lr'] - HYP['lr_final']) * (1 + math.cos(math.pi * t))
 
 
-def _max_margins(split, h0, classes, steps, deadline):
+def _reduce(m):
+    """Per-class statistic from the margins of its n images (k, n) -> (k,)."""
+    return m.amax(1) if HYP['reduce'] == 'max' else m.mean(1)
+
+
+def _max_margins(split, h0, classes, steps, deadline, bounds=None):
     """For each class in `classes`, push the n activations h0 (n, C, H, W) towards it; largest mean margin.
 
     mode 'free': every image's activation is its own free variable (the seed method).
@@ -300,10 +308,18 @@ def _max_margins(split, h0, classes, steps, deadline):
         for g in opt.param_groups:
             g['lr'] = _lr_at(step, steps)
         m = margin(split.logits(current()), target)  # (k*n,)
-        best = torch.maximum(best, m.detach().view(k, n).mean(1))
+        best = torch.maximum(best, _reduce(m.detach().view(k, n)))
         opt.zero_grad(set_to_none=True)
         (-m.sum()).backward()
         opt.step()
+        if bounds is not None:  # input space: stay inside the pixel range the images span
+            with torch.no_grad():
+                lo, hi = bounds
+                if HYP['linf']:  # and within an L-inf ball around each clean image
+                    r = HYP['linf'] * (hi - lo)
+                    start = h0.repeat(k, 1, 1, 1)
+                    lo, hi = torch.maximum(lo, start - r), torch.minimum(hi, start + r)
+                torch.maximum(torch.minimum(var, hi), lo, out=var)
         if universal:
             with torch.no_grad():  # project each class's shift back onto the ball
                 norms = var.flatten(1).norm(dim=1).clamp(min=1e-12)
@@ -311,7 +327,7 @@ def _max_margins(split, h0, classes, steps, deadline):
         if time.monotonic() > deadline:
             break
     with torch.no_grad():
-        best = torch.maximum(best, margin(split.logits(current()), target).view(k, n).mean(1))
+        best = torch.maximum(best, _reduce(margin(split.logits(current()), target).view(k, n)))
     return best.tolist()
 
 
@@ -388,21 +404,25 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     deadline = start + HYP['budget_s']
     model = _check_model(model, num_classes)
     num_classes = int(num_classes)
-    with _Isolated(), torch.enable_grad():
+    with _Isolated(), torch.inference_mode(False), torch.enable_grad():
         gen = torch.Generator().manual_seed(0)
         x, labels, data_free = load_images(test_images_folder_address, transformation, gen)
         device = _device_for(model)
         net = copy.deepcopy(model).float().eval().requires_grad_(False).to(device)
         split = _Split(net, HYP['split'])
+        lo, hi = x.amin((0, 2, 3)).view(1, 3, 1, 1), x.amax((0, 2, 3)).view(1, 3, 1, 1)  # pixel range, model units
+        if HYP['init'] == 'noise':  # start from uniform noise over that range instead of the images
+            x = lo + (hi - lo) * torch.rand(x.shape, generator=gen)
         with torch.no_grad():
             h_all = split.features(x.to(device))  # (N, C, H, W)
         per_image = h_all[0].numel()
         chunk = max(1, min(num_classes, HYP['chunk_elems'] // (per_image * min(HYP['images'], len(h_all)))))
         n, steps = _plan(split, h_all, num_classes, chunk, deadline - time.monotonic() - 1.0)
         h0 = h_all[_balanced_indices(labels, n)]
+        bounds = (lo.to(device), hi.to(device)) if HYP['split'] == 0 else None
         stats = []
         for c in range(0, num_classes, chunk):
-            stats += _max_margins(split, h0, list(range(c, min(num_classes, c + chunk))), steps, deadline)
+            stats += _max_margins(split, h0, list(range(c, min(num_classes, c + chunk))), steps, deadline, bounds)
     p = max_p_value(stats)
     target = int(np.argmax(stats))
     loc, scale = exponential_fit([s for i, s in enumerate(stats) if i != target]) if num_classes > 2 else (stats[0], 0.0)

@@ -1,0 +1,158 @@
+"""Hostile and odd inputs to detect(): each gets a verdict computed safely or a clear error."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+import solution
+from conftest import CIFAR_LIKE, write_images
+from model_arch import PreActResNet18
+
+
+def _ok(ev):
+    assert ev['verdict'] in (0, 1) and 0.0 <= ev['p_value'] <= 1.0
+    return ev
+
+
+# --- the folder ------------------------------------------------------------------------------------
+
+def test_missing_folder_is_a_value_error(toy_model, tmp_path):
+    with pytest.raises(ValueError, match='not a folder'):
+        solution.detect(toy_model, 10, str(tmp_path / 'nope'), CIFAR_LIKE)
+
+
+def test_folder_path_of_wrong_type_is_a_type_error(toy_model):
+    with pytest.raises(TypeError, match='path'):
+        solution.detect(toy_model, 10, 123, CIFAR_LIKE)
+
+
+@pytest.mark.parametrize('content', ['empty', 'junk', 'one'])
+def test_too_few_readable_images_runs_data_free(toy_model, tmp_path, fast, content):
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    if content == 'junk':
+        (folder / '0_0.jpg').write_bytes(b'not a jpeg at all')
+        (folder / 'notes.txt').write_text('hello')
+    if content == 'one':
+        write_images(folder, n=1)
+    ev = _ok(solution.evidence(toy_model, 10, str(folder), CIFAR_LIKE))
+    assert ev['data_free']
+
+
+def test_skips_hidden_non_image_subfolders_and_corrupt_files(toy_model, tmp_path, fast):
+    folder = write_images(tmp_path / 'imgs', n=10)
+    good = solution.evidence(toy_model, 10, folder, CIFAR_LIKE)
+    os.mkdir(os.path.join(folder, 'sub.jpg'))  # a folder with an image's name
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(os.path.join(folder, '.hidden_0.jpg'))
+    open(os.path.join(folder, 'readme.md'), 'w').write('x')
+    data = open(os.path.join(folder, '3_3.jpg'), 'rb').read()
+    open(os.path.join(folder, '99_1.jpg'), 'wb').write(data[: len(data) // 3])  # truncated JPEG
+    open(os.path.join(folder, '98_2.png'), 'wb').write(b'\x89PNG\r\n\x1a\n garbage')
+    ev = _ok(solution.evidence(toy_model, 10, folder, CIFAR_LIKE))
+    assert not ev['data_free']
+    assert ev['per_class'] == good['per_class']  # the junk changed nothing
+
+
+def test_grayscale_rgba_palette_16bit_and_mixed_sizes(toy_model, tmp_path, fast):
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8), 'L').save(folder / '0_0.png')
+    Image.fromarray(rng.integers(0, 256, (40, 40, 4), dtype=np.uint8), 'RGBA').save(folder / '1_1.png')
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).convert('P').save(folder / '2_2.png')
+    Image.fromarray(rng.integers(0, 65535, (24, 24), dtype=np.uint16)).save(folder / '3_3.png')
+    Image.fromarray(rng.integers(0, 256, (50, 30, 3), dtype=np.uint8)).save(folder / '4_4.jpg')
+    for transform in (CIFAR_LIKE, T.Compose([T.ToTensor()])):  # with and without a Resize
+        ev = _ok(solution.evidence(toy_model, 10, str(folder), transform))
+        assert not ev['data_free'] and ev['images'] == 5
+
+
+def test_many_images_are_capped(toy_model, tmp_path, fast):
+    folder = write_images(tmp_path / 'imgs', n=20)
+    for i in range(20, 3000):  # thousands of files: only a capped, class-balanced subset is read
+        os.link(os.path.join(folder, f'{i % 20}_{i % 10}.jpg'), os.path.join(folder, f'{i}_{i % 10}.jpg'))
+    xs, ys, _ = solution.load_images(folder, CIFAR_LIKE)
+    assert len(xs) == solution.HYP['max_images']
+    assert torch.bincount(ys, minlength=10).tolist() == [solution.HYP['max_images'] // 10] * 10
+
+
+# --- num_classes -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('k, err', [(10.0, TypeError), ('10', TypeError), (True, TypeError), (1, ValueError),
+                                    (0, ValueError), (9, ValueError)])
+def test_bad_num_classes(toy_model, image_folder, k, err):
+    with pytest.raises(err, match='num_classes'):
+        solution.detect(toy_model, k, image_folder, CIFAR_LIKE)
+
+
+def test_numpy_int_num_classes_is_accepted(toy_model, image_folder, fast):
+    _ok(solution.evidence(toy_model, np.int64(10), image_folder, CIFAR_LIKE))
+
+
+def test_two_classes_are_called_clean(image_folder, fast):
+    model = PreActResNet18(num_classes=2, width=4).eval()
+    ev = solution.evidence(model, 2, image_folder, CIFAR_LIKE)
+    assert ev['verdict'] == 1 and ev['p_value'] == 1.0
+
+
+# --- the model -------------------------------------------------------------------------------------
+
+def test_training_mode_half_precision_frozen_and_data_parallel_models(image_folder, fast):
+    torch.manual_seed(0)
+    base = PreActResNet18(num_classes=10, width=4).eval()
+    ref = solution.evidence(base, 10, image_folder, CIFAR_LIKE)['per_class']
+    frozen = PreActResNet18(num_classes=10, width=4)
+    frozen.load_state_dict(base.state_dict())
+    frozen.train().requires_grad_(False)
+    assert solution.evidence(frozen, 10, image_folder, CIFAR_LIKE)['per_class'] == ref
+    assert frozen.training  # left as the caller had it
+    assert solution.evidence(nn.DataParallel(base), 10, image_folder, CIFAR_LIKE)['per_class'] == ref
+    half = PreActResNet18(num_classes=10, width=4)
+    half.load_state_dict(base.state_dict())
+    half = half.half()
+    _ok(solution.evidence(half, 10, image_folder, CIFAR_LIKE))
+    assert next(half.parameters()).dtype == torch.float16
+
+
+def test_model_missing_a_submodule_is_a_value_error(toy_model, image_folder):
+    del toy_model.layer3
+    with pytest.raises(ValueError, match='layer3'):
+        solution.detect(toy_model, 10, image_folder, CIFAR_LIKE)
+
+
+def test_not_a_model_is_a_type_error(image_folder):
+    with pytest.raises(TypeError, match='nn.Module'):
+        solution.detect(lambda x: x, 10, image_folder, CIFAR_LIKE)
+
+
+def test_called_under_no_grad_and_inference_mode(toy_model, image_folder, fast):
+    with torch.no_grad():
+        _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
+    with torch.inference_mode():
+        _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
+
+
+# --- the transformation ----------------------------------------------------------------------------
+
+def test_transform_none_bare_callable_and_no_totensor(toy_model, image_folder, fast):
+    _ok(solution.evidence(toy_model, 10, image_folder, None))
+    _ok(solution.evidence(toy_model, 10, image_folder, lambda img: TF.to_tensor(img)))
+    _ok(solution.evidence(toy_model, 10, image_folder, T.Compose([T.Resize((32, 32))])))  # returns PIL images
+    _ok(solution.evidence(toy_model, 10, image_folder, T.Compose([T.Resize((48, 48)), T.ToTensor()])))
+
+
+def test_transform_that_is_not_callable_or_fails_is_reported(toy_model, image_folder):
+    with pytest.raises(TypeError, match='callable'):
+        solution.detect(toy_model, 10, image_folder, 'resize please')
+
+    def broken(img):
+        raise RuntimeError('boom')
+    with pytest.raises(ValueError, match='transformation failed.*boom'):
+        solution.detect(toy_model, 10, image_folder, broken)
+    with pytest.raises(ValueError, match='channels'):
+        solution.detect(toy_model, 10, image_folder, lambda img: torch.zeros(2, 8, 8))
