@@ -38,8 +38,10 @@ def toy_model():
 
 @pytest.fixture
 def fast(monkeypatch):
-    """Few steps: for tests of the contract, not of detection quality."""
+    """Few steps: for tests of the contract, not of detection quality. A generous budget, so the plan
+    (images x steps) never shrinks on a loaded machine and two calls can be compared exactly."""
     import solution
+    monkeypatch.setitem(solution.HYP, 'budget_s', 600.0)
     monkeypatch.setitem(solution.HYP, 'steps', 12)
     monkeypatch.setitem(solution.HYP, 'min_steps', 12)
     monkeypatch.setitem(solution.HYP, 'images', 6)
