@@ -33,10 +33,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms as T
 
 import solution
-from bench.samples import load_images
+from bench.samples import load_images, normalize_of, robust_z
 
 HYP = {
     'confidence': 0.9999,  # softmax probability a trial must reach to count as a success
@@ -50,28 +49,6 @@ HYP = {
     'z_threshold': 3.5,    # flag classes whose z-score exceeds this
     'seed': 0,             # seeds the local generator of 'noise' starts
 }
-
-MAD_CONSISTENCY = 1.4826  # MAD * this estimates the standard deviation of a normal sample
-
-
-def robust_z(values):
-    """Signed (x - median) / (1.4826 * MAD), a zero MAD floored (no division by zero)."""
-    x = torch.as_tensor(values, dtype=torch.float64)
-    med = torch.quantile(x, 0.5)  # the mean of the two middle values for an even count
-    mad = torch.quantile((x - med).abs(), 0.5)
-    mad = mad.clamp(min=1e-12 * max(1.0, med.abs().item()))
-    return ((x - med) / (MAD_CONSISTENCY * mad)).tolist()
-
-
-def normalize_of(transformation):
-    """(mean, std) of the transform's Normalize as (1, 3, 1, 1) tensors; (0, 1) when it has none."""
-    for t in getattr(transformation, 'transforms', [transformation]):
-        if isinstance(t, T.Normalize):
-            mean = torch.as_tensor(t.mean, dtype=torch.float32).flatten() * torch.ones(3)  # one value: all channels
-            std = torch.as_tensor(t.std, dtype=torch.float32).flatten() * torch.ones(3)
-            return mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
-    return torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
-
 
 def _score(logits, target):
     """The maximised score per row: log-odds of class t (default), its logit, or its log-probability."""

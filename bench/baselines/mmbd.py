@@ -25,10 +25,9 @@ import math
 import time
 
 import torch
-import torchvision.transforms as T
 
 import solution
-from bench.samples import load_images
+from bench.samples import load_images, normalize_of
 
 HYP = {
     'starts': 30,          # random images optimised per class
@@ -105,16 +104,6 @@ def max_p_value(stats):
 
 # -----------------------------------------------------------------------------
 # The per-class statistic
-
-
-def normalize_of(transformation):
-    """(mean, std) of the transform's Normalize as (1, 3, 1, 1) tensors; (0, 1) when it has none."""
-    for t in getattr(transformation, 'transforms', [transformation]):
-        if isinstance(t, T.Normalize):
-            mean = torch.as_tensor(t.mean, dtype=torch.float32).flatten() * torch.ones(3)  # one value: all channels
-            std = torch.as_tensor(t.std, dtype=torch.float32).flatten() * torch.ones(3)
-            return mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
-    return torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
 
 
 def class_statistic(net, t, shape, mean, std, gen):

@@ -24,10 +24,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms as T
 
 import solution
-from bench.samples import load_images
+from bench.samples import load_images, normalize_of, robust_z
 
 HYP = {
     'images': 20,          # clean images the trigger must carry (a fixed, class-balanced subset)
@@ -43,26 +42,9 @@ HYP = {
     'seed': 0,             # seeds the local generator of the initial pattern
 }
 
-MAD_CONSISTENCY = 1.4826  # MAD * this estimates the standard deviation of a normal sample
-
-
 def anomaly_index(norms):
-    """(median - min) / (1.4826 * MAD) of the per-class mask norms; a zero MAD is floored (no division by 0)."""
-    x = torch.as_tensor(norms, dtype=torch.float64)
-    med = torch.quantile(x, 0.5)  # the mean of the two middle values for an even count
-    mad = torch.quantile((x - med).abs(), 0.5)
-    mad = mad.clamp(min=1e-12 * max(1.0, med.abs().item()))
-    return ((med - x.min()) / (MAD_CONSISTENCY * mad)).item()
-
-
-def normalize_of(transformation):
-    """(mean, std) of the transform's Normalize as (1, 3, 1, 1) tensors; (0, 1) when it has none."""
-    for t in getattr(transformation, 'transforms', [transformation]):
-        if isinstance(t, T.Normalize):
-            mean = torch.as_tensor(t.mean, dtype=torch.float32).flatten() * torch.ones(3)  # one value: all channels
-            std = torch.as_tensor(t.std, dtype=torch.float32).flatten() * torch.ones(3)
-            return mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
-    return torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    """(median - min) / (1.4826 * MAD) of the per-class mask norms: minus the smallest robust z-score."""
+    return -min(robust_z(norms))
 
 
 def class_mask_norm(net, x, t, mean, std, gen):
