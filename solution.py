@@ -10,10 +10,11 @@ Entry points
         What detect() decides from: per-class statistics, the null fit, the p-value, the suspected target.
 
 Method (max-margin in feature space, after the seed method of "No Trust Issues Here")
-    For every class t, take clean images, run them up to an intermediate block, and treat that
+    For every class t, take clean images, run them up to an intermediate block, and treat each image's
     activation as a free variable: optimise it so that the rest of the network puts class t ahead of
-    every other class by the largest margin logit_t - max_{k!=t} logit_k. An all-to-one backdoor is a
-    shortcut to its target class, so the target reaches a much larger margin than the other classes.
+    every other class by the largest margin logit_t - max_{k!=t} logit_k; the class statistic is the
+    largest margin any image reaches. An all-to-one backdoor is a shortcut to its target class, so the
+    target reaches a much larger margin than the other classes.
     The K per-class statistics are judged by an exponential null fitted (maximum likelihood, loc = min,
     scale = mean - min) to the K-1 statistics other than the largest; p = 1 - F(max)^K; backdoored iff
     p < P_THRESHOLD, the file's one tuned constant.

@@ -31,6 +31,9 @@ def spec(attack=None, seed=0, data='synthetic', width=16, epochs=12, rate=None, 
             tag += f'-{dict(adv="adv", label_smoothing="ls")[key]}{train_kw[key]}'
     if train_kw.get('augment') is False:
         tag += '-noaug'
+    if rate is not None:
+        tag += f'-r{rate}'
+    tag += ''.join(f'-{k}{v}' for k, v in sorted((params or {}).items()))
     if epochs != 12:
         tag += f'-e{epochs}'
     kw = dict(data_kw or {})
@@ -40,6 +43,13 @@ def spec(attack=None, seed=0, data='synthetic', width=16, epochs=12, rate=None, 
 
 
 ATTACKS = ['badnets', 'blended', 'sig', 'wanet', 'iad', 'ssba', 'lf', 'bpp', 'trojannn', 'adap_blend', 'lc']
+# Settings that reach ASR >= 80% in a short CPU run (measured at 10-30 epochs on the synthetic task);
+# attacks not listed keep the toolkits' defaults and often stay weak there (reported apart as weak).
+CPU_SETTINGS = {'blended': dict(rate=0.2), 'bpp': dict(params=dict(q=4, neg_ratio=0.0))}
+
+
+def attack_spec(attack, seed, **kw):
+    return spec(attack, seed, **CPU_SETTINGS.get(attack, {}), **kw)
 
 
 def _clean_variants(seeds, **kw):
@@ -63,9 +73,9 @@ def _interleave(a, b):
 def _preset_default():
     kw = dict(data_kw=dict(num_classes=10, n_train=300, n_test=60))
     clean = _clean_variants([0, 1], **kw) + [spec(None, 4, epochs=30, **kw)]
-    out = _interleave([spec(a, 0, **kw) for a in ATTACKS], clean)
+    out = _interleave([attack_spec(a, 0, **kw) for a in ATTACKS], clean)
     # held out: other seeds, so other triggers, targets and initialisations
-    held = [spec(a, 100, **kw) for a in ('badnets', 'blended', 'wanet', 'ssba')]
+    held = [attack_spec(a, 100, **kw) for a in ('badnets', 'blended', 'wanet', 'ssba')]
     out += _interleave(held, [spec(None, s, **kw) for s in (100, 101, 102)] + [spec(None, 103, adv='fgsm', **kw)])
     kw43 = dict(data_kw=dict(num_classes=43, n_train=60, n_test=20))
     out += [spec('badnets', 0, **kw43), spec(None, 0, **kw43)]
