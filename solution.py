@@ -54,7 +54,8 @@ HYP = {
     'min_images': 4,         # fewer readable images than this -> data-free mode on synthesised noise
     'images': 30,            # images optimised per class, at most
     'steps': 100,            # optimisation steps per class, at most
-    'min_steps': 10,         # never fewer steps than this (the budget guard may still stop early)
+    'min_steps': 2,          # never fewer steps than this (the budget guard may still stop early)
+    'probe_images': 64,      # images in the timing probe of the plan, at most
     'split': 2,              # stages run before the free variable: conv1 + layer1[0]
     'mode': 'free',          # 'free': one variable per image (seed); 'universal': one bounded shift per class
     'eps': 0.5,              # universal mode: shift norm / mean activation norm
@@ -337,7 +338,8 @@ def _plan(split, h_all, num_classes, chunk, seconds):
 
     Times two forward-backward passes of a real-size batch (the first pays for lazy initialisation)."""
     n_max = min(HYP['images'], len(h_all))
-    probe = h_all[:n_max].repeat(min(chunk, num_classes), 1, 1, 1).requires_grad_(True)
+    reps = max(1, min(chunk, num_classes, HYP['probe_images'] // n_max))  # a real-size batch, capped in cost
+    probe = h_all[:n_max].repeat(reps, 1, 1, 1).requires_grad_(True)
     target = torch.zeros(len(probe), dtype=torch.long, device=h_all.device)
     for _ in range(2):
         t0 = time.monotonic()
@@ -346,7 +348,7 @@ def _plan(split, h_all, num_classes, chunk, seconds):
             torch.cuda.synchronize()
         per_image_step = (time.monotonic() - t0) / len(probe)
     affordable = seconds / max(per_image_step, 1e-9) / num_classes  # image-steps per class
-    for steps in (HYP['steps'], 60, 40, 25, HYP['min_steps']):
+    for steps in (HYP['steps'], 60, 40, 25, 10, 5, HYP['min_steps']):
         for n in (n_max, 12, 8, 4, 2):
             if n <= n_max and steps <= HYP['steps'] and n * steps <= affordable:
                 return n, steps
@@ -418,7 +420,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             h_all = split.features(x.to(device))  # (N, C, H, W)
         per_image = h_all[0].numel()
         chunk = max(1, min(num_classes, HYP['chunk_elems'] // (per_image * min(HYP['images'], len(h_all)))))
-        n, steps = _plan(split, h_all, num_classes, chunk, deadline - time.monotonic() - 1.0)
+        n, steps = _plan(split, h_all, num_classes, chunk, 0.8 * (deadline - time.monotonic()))  # 20% slack
         h0 = h_all[_balanced_indices(labels, n)]
         bounds = (lo.to(device), hi.to(device)) if HYP['split'] == 0 else None
         stats = []

@@ -39,7 +39,7 @@ def make_sample(folder, num_classes, width, attack, seed=0):
     """A briefly trained full-width model written as a sample (reused when present)."""
     if samples.is_sample(folder):
         return samples.read(folder)
-    ds = datasets.load('synthetic', seed=seed, num_classes=num_classes, n_train=20, n_test=3)
+    ds = datasets.load('synthetic', seed=seed, num_classes=num_classes, n_train=10, n_test=3)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = PreActResNet18(num_classes, width)
