@@ -116,7 +116,7 @@ def find(root):
     if is_sample(root):
         return [root]
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):  # a set may link its samples
         if 'metadata.pt' in filenames:
             out.append(dirpath)
             dirnames[:] = []
