@@ -26,7 +26,9 @@ run fits; on a GPU the full setting fits easily, on a 2-core CPU it is scaled do
 Side effects: none. The caller's model is deep-copied (parameters, buffers, training flag, device and
 requires_grad flags stay as they were), the transformation is only called, the global RNG states
 (torch, CUDA, numpy, random) are restored, nothing is written, and only the given folder is read.
-Same inputs on the same machine give the same verdict and p-value.
+Same inputs give the same verdict and p-value whenever the plan (images x steps) is the same; the
+plan depends only on the measured speed and moves in coarse rungs, but on a loaded machine two runs can
+land on different rungs.
 
 Fallbacks (documented, never silent crashes): unreadable, hidden and non-image files are skipped; with
 fewer than HYP['min_images'] readable images the detector synthesises smooth noise images at the
