@@ -10,6 +10,7 @@ Both .pt files are untrusted: they are loaded with weights_only=True, which runs
 torchvision transform classes below are allowed to be rebuilt from metadata.pt. A file that needs
 anything else is refused with SampleError.
 """
+import copy
 import os
 from dataclasses import dataclass
 
@@ -132,6 +133,13 @@ def load_images(folder, transformation):
 
 # -----------------------------------------------------------------------------
 # Helpers the baseline detectors share
+
+def frozen_copy(model):
+    """(net, device): a float32, eval-mode copy with gradients off, on the model's device; the caller's model
+    is left exactly as it was."""
+    net = copy.deepcopy(model).float().eval().requires_grad_(False)
+    return net, next(net.parameters()).device
+
 
 MAD_CONSISTENCY = 1.4826  # MAD * this estimates the standard deviation of a normal sample
 

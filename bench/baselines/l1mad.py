@@ -27,7 +27,6 @@ Interface: evidence() returns verdict (0 backdoored, 1 clean), p_value None, sta
 signed z-score: higher = more suspect), target (the class with the largest weight), per_class (the K
 weights, higher = more suspect), flagged (the classes over the threshold), seconds.
 """
-import copy
 import math
 import time
 
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import solution
-from bench.samples import load_images, normalize_of, robust_z
+from bench.samples import frozen_copy, load_images, normalize_of, robust_z
 
 HYP = {
     'confidence': 0.9999,  # softmax probability a trial must reach to count as a success
@@ -104,8 +103,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     with solution._Isolated(), torch.enable_grad():
         gen = torch.Generator().manual_seed(HYP['seed'])
         x, _ = load_images(test_images_folder_address, transformation)  # only its shape is used
-        device = next(model.parameters()).device
-        net = copy.deepcopy(model).float().eval().requires_grad_(False)
+        net, device = frozen_copy(model)
         mean, std = (v.to(device) for v in normalize_of(transformation))
         shape = (num_classes,) + tuple(x.shape[1:])  # (K, 3, H, W)
         if HYP['init'] == 'zeros':

@@ -20,14 +20,13 @@ Uses no clean images: the folder is read only to learn the input size.
 Interface: evidence() returns verdict (0 backdoored, 1 clean), p_value, statistic (the largest class
 margin: higher = more suspect), target, per_class (K margins), seconds, and the null's parameters.
 """
-import copy
 import math
 import time
 
 import torch
 
 import solution
-from bench.samples import load_images, normalize_of
+from bench.samples import frozen_copy, load_images, normalize_of
 
 HYP = {
     'starts': 30,          # random images optimised per class
@@ -141,8 +140,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     with solution._Isolated(), torch.enable_grad():
         gen = torch.Generator().manual_seed(HYP['seed'])
         x, _ = load_images(test_images_folder_address, transformation)  # only its shape is used
-        device = next(model.parameters()).device
-        net = copy.deepcopy(model).float().eval().requires_grad_(False)
+        net, device = frozen_copy(model)
         mean, std = (v.to(device) for v in normalize_of(transformation))
         stats = [class_statistic(net, t, x.shape[1:], mean, std, gen) for t in range(num_classes)]
     p, (shape, loc, scale) = max_p_value(stats)

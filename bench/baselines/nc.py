@@ -19,14 +19,13 @@ Interface: evidence() returns verdict (0 backdoored, 1 clean), p_value None, sta
 index: higher = more suspect), target (the class with the smallest mask), per_class (K mask norms,
 lower = more suspect), seconds.
 """
-import copy
 import time
 
 import torch
 import torch.nn.functional as F
 
 import solution
-from bench.samples import load_images, normalize_of, robust_z
+from bench.samples import frozen_copy, load_images, normalize_of, robust_z
 
 HYP = {
     'images': 20,          # clean images the trigger must carry (a fixed, class-balanced subset)
@@ -89,8 +88,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     with solution._Isolated(), torch.enable_grad():
         gen = torch.Generator().manual_seed(HYP['seed'])
         x, labels = load_images(test_images_folder_address, transformation)  # (N, 3, H, W), (N,)
-        device = next(model.parameters()).device
-        net = copy.deepcopy(model).float().eval().requires_grad_(False)
+        net, device = frozen_copy(model)
         x = x[_subset(labels, HYP['images'])].to(device)
         mean, std = (v.to(device) for v in normalize_of(transformation))
         norms = [class_mask_norm(net, x, t, mean, std, gen) for t in range(num_classes)]

@@ -23,7 +23,6 @@ Interface: evidence() returns verdict (0 backdoored, 1 clean), p_value, statisti
 margin: higher = more suspect), target (its class), per_class (the K margins), seconds.
 Cost: K x steps forward-backward passes on a (30, C, 128, 128) activation; slow on a CPU by design.
 """
-import copy
 import math
 import time
 
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import solution
-from bench.samples import load_images
+from bench.samples import frozen_copy, load_images
 
 HYP = {
     'images': 30,          # clean images per class, redrawn for each class
@@ -98,8 +97,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     with solution._Isolated(), torch.enable_grad():
         gen = torch.Generator().manual_seed(HYP['seed'])
         x_all, _ = load_images(test_images_folder_address, transformation)  # (N, 3, H, W)
-        device = next(model.parameters()).device
-        net = copy.deepcopy(model).float().eval().requires_grad_(False)
+        net, device = frozen_copy(model)
         if HYP['size'] is not None:
             size = (HYP['size'], HYP['size'])
             x_all = F.interpolate(x_all, size=size, mode='bilinear', align_corners=False)  # (N, 3, S, S)
