@@ -72,6 +72,8 @@ HYP = {
     'noise_size': 32,        # data-free mode: image side when the transform names no size
 }
 
+CHOICES = {'mode': ('free', 'universal'), 'init': ('images', 'noise'), 'reduce': ('max', 'mean')}
+
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.gif', '.tif', '.tiff', '.webp'}
 
 # -----------------------------------------------------------------------------
@@ -409,6 +411,9 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     deadline = start + HYP['budget_s']
     model = _check_model(model, num_classes)
     num_classes = int(num_classes)
+    for key, choices in CHOICES.items():
+        if HYP[key] not in choices:
+            raise ValueError(f"HYP['{key}'] is {HYP[key]!r}; choose one of {choices}")
     with _Isolated(), torch.inference_mode(False), torch.enable_grad():
         gen = torch.Generator().manual_seed(0)
         x, labels, data_free = load_images(test_images_folder_address, transformation, gen)
@@ -428,6 +433,8 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         stats = []
         for c in range(0, num_classes, chunk):
             stats += _max_margins(split, h0, list(range(c, min(num_classes, c + chunk))), steps, deadline, bounds)
+    if not all(math.isfinite(v) for v in stats):
+        raise ValueError('the model gives non-finite outputs (NaN or inf) on these images; no test is possible')
     p = max_p_value(stats)
     target = int(np.argmax(stats))
     loc, scale = exponential_fit([s for i, s in enumerate(stats) if i != target]) if num_classes > 2 else (stats[0], 0.0)

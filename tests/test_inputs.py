@@ -156,3 +156,16 @@ def test_transform_that_is_not_callable_or_fails_is_reported(toy_model, image_fo
         solution.detect(toy_model, 10, image_folder, broken)
     with pytest.raises(ValueError, match='channels'):
         solution.detect(toy_model, 10, image_folder, lambda img: torch.zeros(2, 8, 8))
+
+
+def test_model_with_non_finite_outputs_is_a_value_error(toy_model, image_folder, fast):
+    with torch.no_grad():
+        toy_model.linear.weight[0, 0] = float('nan')
+    with pytest.raises(ValueError, match='non-finite'):
+        solution.detect(toy_model, 10, image_folder, CIFAR_LIKE)
+
+
+def test_unknown_setting_value_is_a_value_error(toy_model, image_folder, monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'reduce', 'median')
+    with pytest.raises(ValueError, match='reduce'):
+        solution.detect(toy_model, 10, image_folder, CIFAR_LIKE)
