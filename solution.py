@@ -291,22 +291,29 @@ def _reduce(m):
 
 
 def _max_margins(split, h0, classes, steps, deadline, bounds=None):
-    """For each class in `classes`, push the n activations h0 (n, C, H, W) towards it; largest mean margin.
+    """For each class in `classes`, push the n activations h0 (n, C, H, W) towards it; the largest
+    statistic (_reduce over the images) reached.
 
     mode 'free': every image's activation is its own free variable (the seed method).
     mode 'universal': one shift per class, shared by all images, of L2 norm at most eps times the
     images' mean activation norm: a backdoor is a shortcut that works for every input at once."""
     n, k = h0.shape[0], len(classes)
     target = torch.tensor(classes, device=h0.device).repeat_interleave(n)
+    start = h0.repeat(k, 1, 1, 1)  # (k*n, C, H, W)
     universal = HYP['mode'] == 'universal'
     if universal:
         var = torch.zeros((k,) + h0.shape[1:], device=h0.device, requires_grad=True)  # (k, C, H, W)
         radius = HYP['eps'] * h0.flatten(1).norm(dim=1).mean()
     else:
-        var = h0.repeat(k, 1, 1, 1).clone().requires_grad_(True)  # (k*n, C, H, W)
+        var = start.clone().requires_grad_(True)  # (k*n, C, H, W)
+    if bounds is not None:  # input space: the pixel range the images span, and an L-inf ball if asked
+        lo, hi = bounds
+        if HYP['linf']:
+            r = HYP['linf'] * (hi - lo)
+            lo, hi = torch.maximum(lo, start - r), torch.minimum(hi, start + r)
 
     def current():
-        return h0.repeat(k, 1, 1, 1) + var.repeat_interleave(n, 0) if universal else var
+        return start + var.repeat_interleave(n, 0) if universal else var
 
     opt = torch.optim.AdamW([var], lr=HYP['lr'], weight_decay=0.0 if universal else HYP['weight_decay'])
     best = torch.full((k,), float('-inf'), device=h0.device)
@@ -318,13 +325,8 @@ def _max_margins(split, h0, classes, steps, deadline, bounds=None):
         opt.zero_grad(set_to_none=True)
         (-m.sum()).backward()
         opt.step()
-        if bounds is not None:  # input space: stay inside the pixel range the images span
+        if bounds is not None:
             with torch.no_grad():
-                lo, hi = bounds
-                if HYP['linf']:  # and within an L-inf ball around each clean image
-                    r = HYP['linf'] * (hi - lo)
-                    start = h0.repeat(k, 1, 1, 1)
-                    lo, hi = torch.maximum(lo, start - r), torch.minimum(hi, start + r)
                 torch.maximum(torch.minimum(var, hi), lo, out=var)
         if universal:
             with torch.no_grad():  # project each class's shift back onto the ball
