@@ -8,8 +8,6 @@ detector exactly as the grader would (model on CUDA when there is one). One row 
 summary; the last line reads `accuracy A auroc U fpr F fnr N mean_s S max_s M n K`.
 """
 import argparse
-import ast
-import importlib
 import json
 import math
 import os
@@ -19,43 +17,9 @@ import time
 
 import torch
 
-from bench import samples
-
-DETECTORS = ('solution', 'seed', 'mmbd', 'nc', 'l1mad')
-WEAK_ASR = 80.0  # a backdoored model below this attack success rate is reported apart
-
-
-def load_detector(name):
-    """A module with evidence(model, num_classes, folder, transformation) -> dict (verdict, p_value, statistic)."""
-    if name == 'solution':
-        return importlib.import_module('solution')
-    if name not in DETECTORS:
-        raise SystemExit(f'unknown detector {name!r}; choose from {", ".join(DETECTORS)}')
-    return importlib.import_module(f'bench.baselines.{name}')
-
-
-def override(detector, settings):
-    """Apply KEY=VALUE settings to the detector's HYP dict (ablations); an unknown key fails."""
-    hyp = getattr(detector, 'HYP', None)
-    for item in settings:
-        key, sep, value = item.partition('=')
-        if not sep or hyp is None or key not in hyp:
-            known = ', '.join(sorted(hyp)) if hyp else 'none'
-            raise SystemExit(f'unknown setting {item!r}; the detector\'s settings: {known}')
-        try:
-            hyp[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            hyp[key] = value  # a bare word: a string setting such as mode=universal
-
-
-def read_index(root):
-    """zoo.jsonl rows by sample folder name ({} when the folder has no index)."""
-    path = os.path.join(root, 'zoo.jsonl')
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return {r['name']: r for r in rows}
+from bench import explain, samples
+from bench.detectors import DETECTORS, load_detector, override
+from bench.samples import WEAK_ASR, read_index
 
 # -----------------------------------------------------------------------------
 # Measuring one call
@@ -101,8 +65,9 @@ class PeakMemory:
         return False
 
 
-def run_one(detector, folder, meta):
-    """One row for one sample folder; load errors become an error row."""
+def run_one(detector, folder, meta, explain_dir=None, detector_name='solution'):
+    """One row for one sample folder; load errors become an error row. With explain_dir, a model the
+    detector gets wrong also gets its picture (bench/explain.py) there, named in the row."""
     name = os.path.basename(os.path.normpath(folder))
     row = {'name': name, 'data': meta.get('data', '-'), 'attack': meta.get('attack', '-'),
            'asr': meta.get('asr'), 'truth': None, 'verdict': None, 'p_value': None, 'statistic': None,
@@ -127,7 +92,12 @@ def run_one(detector, folder, meta):
         row['seconds'] = time.perf_counter() - t0
     row['peak_mib'] = mem.mib
     row.update(verdict=int(ev['verdict']), p_value=ev.get('p_value'), statistic=ev.get('statistic'),
-               target=ev.get('target'))
+               target=ev.get('target'), explain=None)
+    if explain_dir and row['verdict'] != row['truth'] and row['truth'] in (0, 1):
+        truth = {0: 'backdoored', 1: 'clean'}[row['truth']]
+        title = f'{detector_name} on {name} (truth: {truth}, attack {row["attack"]}, true target {row["true_target"]})'
+        row['explain'] = explain.render(ev, model, s.images, s.transformation,
+                                        os.path.join(explain_dir, f'{name}.png'), title)
     return row
 
 # -----------------------------------------------------------------------------
@@ -266,6 +236,8 @@ def main(argv=None):
     ap.add_argument('--match', default='', help='only samples whose folder name contains this text')
     ap.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                     help='override one of the detector\'s HYP settings (repeatable), for ablations')
+    ap.add_argument('--explain', default=None, metavar='DIR',
+                    help='write a picture (bench/explain.py) of every model the detector gets wrong here')
     ap.add_argument('--threads', type=int, default=None,
                     help='torch CPU threads (default: torch\'s own; use 1 when other jobs share the cores)')
     args = ap.parse_args(argv)
@@ -284,7 +256,8 @@ def main(argv=None):
     print(COLUMNS.format('model', 'data', 'attack', 'truth', 'statistic', 'p-value', 'verdict', 'seconds', 'peak_MiB'))
     rows = []
     for folder in folders:
-        row = run_one(detector, folder, index.get(os.path.basename(os.path.normpath(folder)), {}))
+        row = run_one(detector, folder, index.get(os.path.basename(os.path.normpath(folder)), {}),
+                      args.explain, args.detector)
         rows.append(row)
         print(fmt_row(row), flush=True)
     summary = summarise(rows)
@@ -294,6 +267,11 @@ def main(argv=None):
             json.dump({'detector': args.detector, 'settings': args.set, 'root': args.root, 'rows': rows,
                        'summary': summary}, f, indent=1)
         plot(rows, summary, args.png or os.path.splitext(args.json)[0] + '.png', f'{args.detector} on {args.root}')
+    wrong = [r for r in rows if r.get('explain')]
+    if wrong:
+        print(f'pictures of the {len(wrong)} models called wrongly:')
+        for r in wrong:
+            print(f'  {r["explain"]}')
     print_summary(summary)
     return summary
 

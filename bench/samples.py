@@ -5,12 +5,16 @@ A sample is one folder:
     metadata.pt   {'num_classes', 'test_images_folder_address' (relative, e.g. './test_dataset'),
                    'transformation' (a pickled torchvision Compose), 'ground_truth' (0 backdoored, 1 clean)}
     test_dataset/ clean test images named {index}_{label}.jpg
+    defence_inputs/  (bench zoo only, never shown to a model-level detector) clean/ and triggered/ test
+                  images as lossless {index}_{label}.png, label = the true class: the inputs that the
+                  input-level and repair defences (bench/defences.py) are scored on
 
 Both .pt files are untrusted: they are loaded with weights_only=True, which runs no code, and only the
 torchvision transform classes below are allowed to be rebuilt from metadata.pt. A file that needs
 anything else is refused with SampleError.
 """
 import copy
+import json
 import os
 from dataclasses import dataclass
 
@@ -29,6 +33,9 @@ SAFE_TRANSFORMS = [
 ]
 # torchvision transforms that are nn.Modules pickle their (empty) hook dictionaries as OrderedDicts,
 # which weights_only already allows.
+
+
+WEAK_ASR = 80.0  # a backdoored model below this attack success rate is reported apart as weak
 
 
 class SampleError(Exception):
@@ -106,6 +113,48 @@ def write(folder, state_dict, num_classes, transformation, images, labels, groun
     meta.update(extra or {})
     torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, os.path.join(folder, 'model.pt'))
     torch.save(meta, os.path.join(folder, 'metadata.pt'))
+
+
+INPUT_KINDS = ('clean', 'triggered')
+
+
+def write_inputs(folder, kind, images, labels):
+    """Write defence inputs of one kind: images uint8 (N, 3, H, W) as lossless PNGs."""
+    if kind not in INPUT_KINDS:
+        raise ValueError(f'kind must be one of {INPUT_KINDS}, got {kind!r}')
+    out = os.path.join(folder, 'defence_inputs', kind)
+    os.makedirs(out, exist_ok=True)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        Image.fromarray(img.permute(1, 2, 0).numpy().astype(np.uint8), 'RGB').save(
+            os.path.join(out, f'{i}_{int(label)}.png'))
+
+
+def load_inputs(folder, kind, transformation):
+    """Defence inputs of one kind as the model sees them: (x (N, 3, H, W), labels (N,)), or None when the
+    sample has none (a sample not written by bench.zoo, or a clean model's triggered inputs)."""
+    where = os.path.join(folder, 'defence_inputs', kind)
+    if not os.path.isdir(where):
+        return None
+    xs, ys = [], []
+    for path, label in solution._list_images(where):
+        img = solution._open_rgb(path)
+        if img is None:
+            raise SampleError(f'{path}: not a readable image')
+        xs.append(solution._apply(transformation, img, os.path.basename(path)))
+        ys.append(label)
+    if not xs:
+        return None
+    return solution._stack(xs), torch.tensor(ys, dtype=torch.long)
+
+
+def read_index(root):
+    """zoo.jsonl rows by sample folder name ({} when the folder has no index)."""
+    path = os.path.join(root, 'zoo.jsonl')
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {r['name']: r for r in rows}
 
 
 def is_sample(folder):

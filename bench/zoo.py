@@ -20,6 +20,7 @@ from bench import attacks, data as datasets, samples, train
 from model_arch import PreActResNet18
 
 HOLDOUT_SEED = 100  # seeds from here on are the held-out split
+DEFENCE_IMAGES = 200  # clean test images (and their triggered versions) kept for bench/defences.py
 
 
 def spec(attack=None, seed=0, data='synthetic', width=16, epochs=12, rate=None, params=None,
@@ -118,6 +119,25 @@ def image_subset(ds, seed):
     return ds.x_test[idx], ds.y_test[idx]
 
 
+def defence_inputs(ds, atk, seed):
+    """(clean x, y, triggered x, y): up to DEFENCE_IMAGES class-balanced test images, uint8, and the
+    non-target ones among them with the test-time trigger on (quantised to uint8 as a saved image is)."""
+    g = torch.Generator().manual_seed(20_000 + seed)
+    per_class = []
+    for c in range(ds.num_classes):
+        where = (ds.y_test == c).nonzero().flatten()
+        per_class.append(where[torch.randperm(len(where), generator=g)].tolist())
+    idx = [i for depth in zip(*per_class) for i in depth]  # round robin: balanced when n is not a multiple
+    idx += [i for q in per_class for i in q[min(map(len, per_class)):]]  # then the larger classes' rest
+    idx = sorted(idx[:DEFENCE_IMAGES])
+    x, y = ds.x_test[idx], ds.y_test[idx]
+    if atk is None:
+        return x, y, None, None
+    keep = y != atk.target
+    xt = atk.trigger(x[keep].float() / 255)
+    return x, y, (xt * 255).round().clamp(0, 255).to(torch.uint8), y[keep]
+
+
 def build(s, ds, out_dir, log=print):
     """Train one model from its spec and write its sample folder; returns its zoo.jsonl row."""
     g = torch.Generator().manual_seed(10_000 + s['seed'])
@@ -134,6 +154,10 @@ def build(s, ds, out_dir, log=print):
     tmp = os.path.join(out_dir, '.tmp-' + s['name'])
     shutil.rmtree(tmp, ignore_errors=True)
     samples.write(tmp, model.state_dict(), ds.num_classes, ds.transform(), x, y, ground_truth=0 if atk else 1)
+    cx, cy, tx, ty = defence_inputs(ds, atk, s['seed'])
+    samples.write_inputs(tmp, 'clean', cx, cy)
+    if atk is not None:
+        samples.write_inputs(tmp, 'triggered', tx, ty)
     final = os.path.join(out_dir, s['name'])
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -143,8 +167,26 @@ def build(s, ds, out_dir, log=print):
         'params': atk.params if atk else {}, 'clean_acc': round(fig['clean_acc'], 2),
         'asr': round(fig['asr'], 2) if fig['asr'] is not None else None, 'width': s['width'], 'seed': s['seed'],
         'split': 'holdout' if s['seed'] >= HOLDOUT_SEED else 'tune', 'epochs': s['epochs'],
-        'train': s['train_kw'], 'num_classes': ds.num_classes, 'seconds': round(fig['seconds'], 1),
+        'train': s['train_kw'], 'data_kw': s['data_kw'], 'num_classes': ds.num_classes,
+        'seconds': round(fig['seconds'], 1),
     }
+
+
+def backfill_inputs(s, row, ds, folder, log=print):
+    """Write the defence inputs of an already built model; the trigger is rebuilt from its spec, which
+    works for every attack whose trigger needs no training-time setup (not IAD, not TrojanNN)."""
+    atk = None
+    if s['attack']:
+        atk = attacks.make(s['attack'], row['target'], ds.size, seed=s['seed'], rate=s['rate'], **s['params'])
+        try:
+            atk.trigger(ds.x_test[:1].float() / 255)
+        except RuntimeError:
+            log(f'{s["name"]}: its trigger needs the training run to rebuild; clean defence inputs only')
+            atk = None
+    cx, cy, tx, ty = defence_inputs(ds, atk, s['seed'])
+    samples.write_inputs(folder, 'clean', cx, cy)
+    if atk is not None:
+        samples.write_inputs(folder, 'triggered', tx, ty)
 
 
 def build_zoo(preset, out_dir, data_root=None, match='', log=print):
@@ -158,21 +200,30 @@ def build_zoo(preset, out_dir, data_root=None, match='', log=print):
         with open(index_path) as f:
             rows = {r['name']: r for r in map(json.loads, filter(str.strip, f))}
     cache, missing = {}, set()
-    for s in [s for s in PRESETS[preset]() if match in s['name']]:
-        if s['name'] in rows and samples.is_sample(os.path.join(out_dir, s['name'])):
-            continue
+
+    def dataset(s):
         key = (s['data'], json.dumps(s['data_kw'], sort_keys=True))
-        if s['data'] in missing:
-            continue
-        if key not in cache:
+        if key not in cache and s['data'] not in missing:
             try:
                 cache[key] = datasets.load(s['data'], root=data_root, seed=0, **s['data_kw'])
             except datasets.DataMissing as e:
                 log(f'skipping {s["data"]}: {e}')
                 missing.add(s['data'])
-                continue
+        return cache.get(key)
+
+    for s in [s for s in PRESETS[preset]() if match in s['name']]:
+        folder = os.path.join(out_dir, s['name'])
+        built = s['name'] in rows and samples.is_sample(folder)
+        if built and os.path.isdir(os.path.join(folder, 'defence_inputs')):
+            continue
+        ds = dataset(s)
+        if ds is None:
+            continue
+        if built:  # a model from before defence inputs were written: add them, keep the model
+            backfill_inputs(s, rows[s['name']], ds, folder, log)
+            continue
         t0 = time.time()
-        row = build(s, cache[key], out_dir, log)
+        row = build(s, ds, out_dir, log)
         rows[s['name']] = row
         with open(index_path, 'a') as f:
             f.write(json.dumps(row) + '\n')

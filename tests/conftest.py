@@ -45,3 +45,12 @@ def fast(monkeypatch):
     monkeypatch.setitem(solution.HYP, 'steps', 12)
     monkeypatch.setitem(solution.HYP, 'min_steps', 12)
     monkeypatch.setitem(solution.HYP, 'images', 6)
+
+
+@pytest.fixture(scope='session')
+def smoke_zoo(tmp_path_factory):
+    """The smoke preset (a clean and a BadNets model, tiny), built once per test run; read-only."""
+    from bench import zoo
+    root = tmp_path_factory.mktemp('smoke-zoo')
+    zoo.build_zoo('smoke', str(root), log=lambda m: None)
+    return str(root)

@@ -39,3 +39,33 @@ def test_unknown_setting_is_refused(tmp_path):
     import pytest
     with pytest.raises(SystemExit, match='unknown setting'):
         evaluate.override(evaluate.load_detector('solution'), ['stepz=3'])
+
+
+def test_explain_pictures_exactly_the_models_called_wrongly(tmp_path, capsys, fast):
+    torch.manual_seed(0)
+    model = PreActResNet18(10, 4)
+    imgs = torch.randint(0, 256, (12, 3, 28, 28), dtype=torch.uint8)
+    for name, truth in (('same-a', 1), ('same-b', 0)):  # one model under both labels: one call is wrong
+        samples.write(str(tmp_path / 'zoo' / name), model.state_dict(), 10, MNIST_LIKE, imgs,
+                      [i % 10 for i in range(12)], truth)
+    out = tmp_path / 'res.json'
+    evaluate.main([str(tmp_path / 'zoo'), '--json', str(out), '--explain', str(tmp_path / 'why')])
+    rows = json.loads(out.read_text())['rows']
+    assert rows[0]['verdict'] == rows[1]['verdict']
+    wrong = [r for r in rows if r['verdict'] != r['truth']]
+    assert len(wrong) == 1 and all((r['explain'] is None) == (r['verdict'] == r['truth']) for r in rows)
+    png = tmp_path / 'why' / f'{wrong[0]["name"]}.png'
+    assert wrong[0]['explain'] == str(png) and png.read_bytes()[:4] == b'\x89PNG'
+    assert str(png) in capsys.readouterr().out
+
+
+def test_explain_cli_draws_a_baseline_without_a_null(tmp_path, monkeypatch):
+    from bench import explain
+    from bench.baselines import nc
+    monkeypatch.setitem(nc.HYP, 'steps', 4)
+    torch.manual_seed(1)
+    imgs = torch.randint(0, 256, (12, 3, 28, 28), dtype=torch.uint8)
+    samples.write(str(tmp_path / 's'), PreActResNet18(10, 4).state_dict(), 10, MNIST_LIKE, imgs,
+                  [i % 10 for i in range(12)], 1)
+    explain.main([str(tmp_path / 's'), '--detector', 'nc', '--out', str(tmp_path / 'x.png')])
+    assert (tmp_path / 'x.png').read_bytes()[:4] == b'\x89PNG'

@@ -1,6 +1,7 @@
 """The zoo: presets are well formed, a smoke zoo is written in the contest format and is reproducible."""
 import json
 import os
+import shutil
 
 import torch
 
@@ -19,29 +20,46 @@ def test_presets_name_known_attacks_and_unique_models():
     assert any(s['train_kw'].get('adv') for s in default)
 
 
-def test_smoke_zoo_is_written_in_contest_format_and_reused(tmp_path):
-    rows = zoo.build_zoo('smoke', str(tmp_path), log=lambda m: None)
-    assert {r['attack'] for r in rows} == {'clean', 'badnets'}
-    index = [json.loads(line) for line in open(tmp_path / 'zoo.jsonl')]
+def test_smoke_zoo_is_written_in_contest_format(smoke_zoo):
+    index = [json.loads(line) for line in open(os.path.join(smoke_zoo, 'zoo.jsonl'))]
+    assert {r['attack'] for r in index} == {'clean', 'badnets'}
     for r in index:
-        s = samples.read(str(tmp_path / r['name']))
+        s = samples.read(os.path.join(smoke_zoo, r['name']))
         assert s.ground_truth == (1 if r['attack'] == 'clean' else 0)
         assert s.num_classes == 10
         files = os.listdir(s.images)
         assert len(files) >= 3 * 10 and all(f.endswith('.jpg') for f in files)
         assert {int(f.split('_')[1].split('.')[0]) for f in files} == set(range(10))
-        for key in ('clean_acc', 'asr', 'target', 'rate', 'width', 'seed', 'split', 'seconds'):
+        for key in ('clean_acc', 'asr', 'target', 'rate', 'width', 'seed', 'split', 'seconds', 'data_kw'):
             assert key in r
+        clean = samples.load_inputs(s.path, 'clean', s.transformation)
+        trig = samples.load_inputs(s.path, 'triggered', s.transformation)
+        assert len(clean[0]) == zoo.DEFENCE_IMAGES
+        if r['attack'] == 'clean':
+            assert trig is None
+        else:
+            assert len(trig[0]) == int((clean[1] != r['target']).sum()) and (trig[1] != r['target']).all()
     bd = next(r for r in index if r['attack'] == 'badnets')
     assert bd['asr'] > 80 and 0 <= bd['target'] < 10
 
-    before = os.path.getmtime(tmp_path / bd['name'] / 'model.pt')
-    zoo.build_zoo('smoke', str(tmp_path), log=lambda m: None)  # complete models are reused
-    assert os.path.getmtime(tmp_path / bd['name'] / 'model.pt') == before
+
+def test_built_models_are_reused_deterministic_and_get_missing_defence_inputs(smoke_zoo, tmp_path):
+    shutil.copytree(smoke_zoo, tmp_path / 'zoo')
+    index = [json.loads(line) for line in open(tmp_path / 'zoo' / 'zoo.jsonl')]
+    bd = next(r for r in index if r['attack'] == 'badnets')
+    folder = tmp_path / 'zoo' / bd['name']
+    before = os.path.getmtime(folder / 'model.pt')
+    trig_before = sorted(os.listdir(folder / 'defence_inputs' / 'triggered'))
+    first = (folder / 'defence_inputs' / 'triggered' / trig_before[0]).read_bytes()
+    shutil.rmtree(folder / 'defence_inputs')
+    zoo.build_zoo('smoke', str(tmp_path / 'zoo'), log=lambda m: None)  # complete models are reused...
+    assert os.path.getmtime(folder / 'model.pt') == before
+    assert sorted(os.listdir(folder / 'defence_inputs' / 'triggered')) == trig_before  # ...inputs rebuilt
+    assert (folder / 'defence_inputs' / 'triggered' / trig_before[0]).read_bytes() == first
 
     other = tmp_path / 'again'
     zoo.build_zoo('smoke', str(other), match='clean', log=lambda m: None)  # same seed, same weights
     name = next(r['name'] for r in index if r['attack'] == 'clean')
-    a = samples.read(str(tmp_path / name)).state_dict
+    a = samples.read(os.path.join(smoke_zoo, name)).state_dict
     b = samples.read(str(other / name)).state_dict
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -46,8 +46,10 @@ def anomaly_index(norms):
     return -min(robust_z(norms))
 
 
-def class_mask_norm(net, x, t, mean, std, gen):
-    """L1 norm of the smallest mask sending >= HYP['success'] of x (n, 3, H, W) to class t."""
+def reverse_trigger(net, x, t, mean, std, gen):
+    """The smallest mask (1, 1, H, W) and its pattern (1, 3, H, W, pixels) sending >= HYP['success'] of
+    x (n, 3, H, W) to class t, with the mask's L1 norm: (norm, mask, pattern); the final ones if no
+    mask reached the goal."""
     n, _, h, w = x.shape
     a = torch.zeros(1, 1, h, w, device=x.device, requires_grad=True)  # mask logits: m = 0.5 at the start
     b = torch.randn(1, 3, h, w, generator=gen).to(x.device).requires_grad_(True)  # pattern logits
@@ -57,22 +59,30 @@ def class_mask_norm(net, x, t, mean, std, gen):
     best = None
     for _ in range(HYP['steps']):
         m = torch.sigmoid(a)  # (1, 1, H, W)
-        p = ((torch.tanh(b) + 1) / 2 - mean) / std  # (1, 3, H, W), normalised
-        logits = net((1 - m) * x + m * p)  # (n, K)
+        pixels = (torch.tanh(b) + 1) / 2  # (1, 3, H, W) in [0, 1]
+        logits = net((1 - m) * x + m * (pixels - mean) / std)  # (n, K)
         norm = m.sum()
         loss = F.cross_entropy(logits, target) + cost * norm
         opt.zero_grad()
         loss.backward()
         opt.step()
         ok = (logits.argmax(1) == target).float().mean().item() >= HYP['success']
-        if ok and (best is None or norm.item() < best):
-            best = norm.item()
+        if ok and (best is None or norm.item() < best[0]):
+            best = (norm.item(), m.detach().clone(), pixels.detach().clone())
         streak_ok, streak_bad = (streak_ok + 1, 0) if ok else (0, streak_bad + 1)
         if streak_ok >= HYP['patience']:
             cost, streak_ok = cost * HYP['cost_up'], 0
         elif streak_bad >= HYP['patience']:
             cost, streak_bad = cost / HYP['cost_down'], 0
-    return best if best is not None else torch.sigmoid(a).sum().item()
+    if best is None:
+        with torch.no_grad():
+            best = (torch.sigmoid(a).sum().item(), torch.sigmoid(a), (torch.tanh(b) + 1) / 2)
+    return best
+
+
+def class_mask_norm(net, x, t, mean, std, gen):
+    """L1 norm of the smallest mask sending >= HYP['success'] of x (n, 3, H, W) to class t."""
+    return reverse_trigger(net, x, t, mean, std, gen)[0]
 
 
 def _subset(labels, n):
