@@ -1,6 +1,7 @@
 # make test   the tests (creates .venv on first use)
 # make bench  builds the default zoo if missing, evaluates solution.py on it, times detect()
 # make zoo    only the zoo;  make real  the zoo and evaluation on the real data present
+# make defences  STRIP, pruning and GoodNet on the zoo's defence inputs
 # make size   bytes of solution.py (the contest allows under 1 MB)
 # make compat the contract tests under the grader's torch 2.4.0 / numpy 1.26.4
 PYTHON ?= python3
@@ -11,7 +12,7 @@ ZOO ?= cache/zoo-default
 PRESET ?= default
 DETECTOR ?= solution
 
-.PHONY: test bench zoo real size compat timing clean-cache
+.PHONY: test bench zoo real defences size compat timing clean-cache
 
 $(STAMP): requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,9 @@ bench: zoo
 
 real: $(STAMP)
 	$(MAKE) bench PRESET=real ZOO=cache/zoo-real
+
+defences: zoo
+	$(PY) -m bench.defences $(ZOO) --json cache/results/$(PRESET)-defences.json
 
 timing: $(STAMP)
 	$(PY) -m bench.timing

@@ -63,6 +63,7 @@ HYP = {
     'eps': 0.5,              # universal mode: shift norm / mean activation norm
     'init': 'images',        # start from the clean 'images' or from uniform 'noise' over their pixel range
     'reduce': 'max',         # per class, over its images: the 'max' margin (the seed's) or the 'mean'
+    'exclude_own': False,    # per class, leave out the images labelled with that class (they start ahead)
     'linf': 0.0,             # input space (split 0): L-inf radius around each image, share of the pixel range (0 = none)
     'lr': 0.1,               # peak AdamW learning rate on the activation
     'lr_final': 0.001,       # cosine decay ends here
@@ -72,7 +73,8 @@ HYP = {
     'noise_size': 32,        # data-free mode: image side when the transform names no size
 }
 
-CHOICES = {'mode': ('free', 'universal'), 'init': ('images', 'noise'), 'reduce': ('max', 'mean')}
+CHOICES = {'mode': ('free', 'universal'), 'init': ('images', 'noise'), 'reduce': ('max', 'mean'),
+           'exclude_own': (False, True)}
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.gif', '.tif', '.tiff', '.webp'}
 
@@ -285,12 +287,15 @@ def _lr_at(step, steps):
     return HYP['lr_final'] + 0.5 * (HYP['lr'] - HYP['lr_final']) * (1 + math.cos(math.pi * t))
 
 
-def _reduce(m):
-    """Per-class statistic from the margins of its n images (k, n) -> (k,)."""
-    return m.amax(1) if HYP['reduce'] == 'max' else m.mean(1)
+def _reduce(m, keep):
+    """Per-class statistic from the margins of its n images (k, n) -> (k,), over the images `keep`
+    (k, n) marks."""
+    if HYP['reduce'] == 'max':
+        return m.masked_fill(~keep, float('-inf')).amax(1)
+    return (m * keep).sum(1) / keep.sum(1)
 
 
-def _max_margins(split, h0, classes, steps, deadline, bounds=None):
+def _max_margins(split, h0, labels, classes, steps, deadline, bounds=None):
     """For each class in `classes`, push the n activations h0 (n, C, H, W) towards it; the largest
     statistic (_reduce over the images) reached.
 
@@ -299,6 +304,10 @@ def _max_margins(split, h0, classes, steps, deadline, bounds=None):
     images' mean activation norm: a backdoor is a shortcut that works for every input at once."""
     n, k = h0.shape[0], len(classes)
     target = torch.tensor(classes, device=h0.device).repeat_interleave(n)
+    keep = torch.ones(k, n, dtype=torch.bool, device=h0.device)
+    if HYP['exclude_own']:  # a class with no image of another class keeps all of them
+        keep = labels.to(h0.device)[None, :] != target.view(k, n)
+        keep[~keep.any(1)] = True
     start = h0.repeat(k, 1, 1, 1)  # (k*n, C, H, W)
     universal = HYP['mode'] == 'universal'
     if universal:
@@ -321,7 +330,7 @@ def _max_margins(split, h0, classes, steps, deadline, bounds=None):
         for g in opt.param_groups:
             g['lr'] = _lr_at(step, steps)
         m = margin(split.logits(current()), target)  # (k*n,)
-        best = torch.maximum(best, _reduce(m.detach().view(k, n)))
+        best = torch.maximum(best, _reduce(m.detach().view(k, n), keep))
         opt.zero_grad(set_to_none=True)
         (-m.sum()).backward()
         opt.step()
@@ -335,7 +344,7 @@ def _max_margins(split, h0, classes, steps, deadline, bounds=None):
         if time.monotonic() > deadline:
             break
     with torch.no_grad():
-        best = torch.maximum(best, _reduce(margin(split.logits(current()), target).view(k, n)))
+        best = torch.maximum(best, _reduce(margin(split.logits(current()), target).view(k, n), keep))
     return best.tolist()
 
 
@@ -430,11 +439,12 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         per_image = h_all[0].numel()
         chunk = max(1, min(num_classes, HYP['chunk_elems'] // (per_image * min(HYP['images'], len(h_all)))))
         n, steps = _plan(split, h_all, num_classes, chunk, 0.8 * (deadline - time.monotonic()))  # 20% slack
-        h0 = h_all[_balanced_indices(labels, n)]
+        chosen = _balanced_indices(labels, n)
+        h0, l0 = h_all[chosen], labels[chosen]
         bounds = (lo.to(device), hi.to(device)) if HYP['split'] == 0 else None
         stats = []
         for c in range(0, num_classes, chunk):
-            stats += _max_margins(split, h0, list(range(c, min(num_classes, c + chunk))), steps, deadline, bounds)
+            stats += _max_margins(split, h0, l0, list(range(c, min(num_classes, c + chunk))), steps, deadline, bounds)
     if not all(math.isfinite(v) for v in stats):
         raise ValueError('the model gives non-finite outputs (NaN or inf) on these images; no test is possible')
     p = max_p_value(stats)

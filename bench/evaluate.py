@@ -70,7 +70,7 @@ def run_one(detector, folder, meta, explain_dir=None, detector_name='solution'):
     detector gets wrong also gets its picture (bench/explain.py) there, named in the row."""
     name = os.path.basename(os.path.normpath(folder))
     row = {'name': name, 'data': meta.get('data', '-'), 'attack': meta.get('attack', '-'),
-           'asr': meta.get('asr'), 'truth': None, 'verdict': None, 'p_value': None, 'statistic': None,
+           'asr': meta.get('asr'), 'split': meta.get('split'), 'truth': None, 'verdict': None, 'p_value': None, 'statistic': None,
            'target': None, 'true_target': meta.get('target'), 'seconds': None, 'peak_mib': None, 'error': None}
     try:
         s = samples.read(folder)
@@ -92,7 +92,8 @@ def run_one(detector, folder, meta, explain_dir=None, detector_name='solution'):
         row['seconds'] = time.perf_counter() - t0
     row['peak_mib'] = mem.mib
     row.update(verdict=int(ev['verdict']), p_value=ev.get('p_value'), statistic=ev.get('statistic'),
-               target=ev.get('target'), explain=None)
+               target=ev.get('target'), per_class=ev.get('per_class'), explain=None,
+               plan=f'{ev["images"]}x{ev["steps"]}' if 'steps' in ev else None)  # solution's images x steps
     if explain_dir and row['verdict'] != row['truth'] and row['truth'] in (0, 1):
         truth = {0: 'backdoored', 1: 'clean'}[row['truth']]
         title = f'{detector_name} on {name} (truth: {truth}, attack {row["attack"]}, true target {row["true_target"]})'
@@ -123,7 +124,8 @@ def is_weak(row):
     return row['truth'] == 0 and row['asr'] is not None and row['asr'] < WEAK_ASR
 
 
-def summarise(rows):
+def summarise(rows, by_split=True):
+    """The figures over all rows; with by_split, the same per zoo split (tune / holdout) under 'splits'."""
     done = [r for r in rows if r['error'] is None and r['truth'] in (0, 1)]
     main = [r for r in done if not is_weak(r)]
     pos = [r for r in main if r['truth'] == 0]
@@ -154,6 +156,8 @@ def summarise(rows):
         'weak': {'n': len(weak), 'flagged': rate(weak, 0)},
         'errors': len(rows) - len(done),
         'target_hit': (sum(r['target'] == r['true_target'] for r in hits) / len(hits) if hits else float('nan')),
+        'splits': ({k: summarise(rs, by_split=False) for k, rs in sorted(groups('split', rows).items()) if k}
+                   if by_split else {}),
     }
 
 # -----------------------------------------------------------------------------
@@ -188,6 +192,9 @@ def print_summary(s, out=None):
               f'detected {100 * s["weak"]["flagged"]:.1f}%', file=out)
     if s['errors']:
         print(f'  samples that failed to load: {s["errors"]}', file=out)
+    for name, v in s['splits'].items():
+        print(f'  split {name:<8} n {v["n"]:>3}  accuracy {v["accuracy"]:.3f} auroc {v["auroc"]:.3f} fpr {v["fpr"]:.3f} '
+              f'fnr {v["fnr"]:.3f}  weak detected {v["weak"]["flagged"]:.3f} of {v["weak"]["n"]}', file=out)
     print(f'accuracy {s["accuracy"]:.3f} auroc {s["auroc"]:.3f} fpr {s["fpr"]:.3f} fnr {s["fnr"]:.3f} '
           f'mean_s {s["mean_s"]:.1f} max_s {s["max_s"]:.1f} n {s["n"]}', file=out)
 

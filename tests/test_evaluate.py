@@ -69,3 +69,20 @@ def test_explain_cli_draws_a_baseline_without_a_null(tmp_path, monkeypatch):
                   [i % 10 for i in range(12)], 1)
     explain.main([str(tmp_path / 's'), '--detector', 'nc', '--out', str(tmp_path / 'x.png')])
     assert (tmp_path / 'x.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def _row(truth, verdict, split, p, asr=None, attack='badnets'):
+    return {'name': f'm{p}', 'data': 'd', 'attack': attack if truth == 0 else 'clean', 'asr': asr, 'split': split,
+            'truth': truth, 'verdict': verdict, 'p_value': p, 'statistic': None, 'target': 0, 'true_target': 0,
+            'seconds': 1.0, 'peak_mib': 0.0, 'error': None}
+
+
+def test_summary_reports_the_held_out_split_beside_the_tuned_one():
+    rows = [_row(0, 0, 'tune', 0.01, 100), _row(1, 1, 'tune', 0.5), _row(1, 0, 'holdout', 0.02),
+            _row(0, 1, 'holdout', 0.3, 95), _row(0, 0, 'holdout', 0.001, 10)]
+    s = evaluate.summarise(rows)
+    assert s['n'] == 4 and s['accuracy'] == 0.5 and s['weak']['n'] == 1
+    tune, held = s['splits']['tune'], s['splits']['holdout']
+    assert (tune['n'], tune['accuracy'], tune['auroc']) == (2, 1.0, 1.0)
+    assert (held['n'], held['accuracy'], held['fpr'], held['fnr'], held['auroc']) == (2, 0.0, 1.0, 1.0, 0.0)
+    assert held['weak'] == {'n': 1, 'flagged': 1.0} and held['splits'] == {}

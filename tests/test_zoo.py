@@ -63,3 +63,11 @@ def test_built_models_are_reused_deterministic_and_get_missing_defence_inputs(sm
     a = samples.read(os.path.join(smoke_zoo, name)).state_dict
     b = samples.read(str(other / name)).state_dict
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_targets_are_deterministic_and_differ_between_the_attacks_of_one_seed():
+    specs = [s for s in zoo.PRESETS['default']() if s['attack'] and s['seed'] == 0 and s['name'].startswith('synthetic10')]
+    targets = [zoo.target_of(s, 10) for s in specs]
+    assert targets == [zoo.target_of(s, 10) for s in specs] and all(0 <= t < 10 for t in targets)
+    assert len(set(targets)) >= 4, targets
+    assert zoo.target_of(zoo.spec(None, 0), 10) is None
