@@ -139,7 +139,7 @@ def summarise(rows, by_split=True):
     def groups(key, rs):
         out = {}
         for r in rs:
-            out.setdefault(r[key], []).append(r)
+            out.setdefault(r.get(key), []).append(r)
         return out
     per_attack = {a: {'n': len(rs), 'flagged': rate(rs, 0)} for a, rs in sorted(groups('attack', main).items())}
     per_data = {d: {'n': len(rs), 'accuracy': sum(r['verdict'] == r['truth'] for r in rs) / len(rs)}

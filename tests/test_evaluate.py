@@ -86,3 +86,16 @@ def test_summary_reports_the_held_out_split_beside_the_tuned_one():
     assert (tune['n'], tune['accuracy'], tune['auroc']) == (2, 1.0, 1.0)
     assert (held['n'], held['accuracy'], held['fpr'], held['fnr'], held['auroc']) == (2, 0.0, 1.0, 1.0, 0.0)
     assert held['weak'] == {'n': 1, 'flagged': 1.0} and held['splits'] == {}
+
+
+def test_compare_puts_solution_first_and_uses_only_the_models_every_run_has(tmp_path, capsys):
+    from bench import compare
+    a = [_row(0, 0, 'tune', 0.01, 100), _row(1, 1, 'tune', 0.5), _row(1, 0, 'tune', 0.03)]
+    b = [_row(0, 1, 'tune', 0.01, 100), _row(1, 1, 'tune', 0.5)]  # this run lacks the third model
+    (tmp_path / 'nc.json').write_text(json.dumps({'detector': 'nc', 'settings': [], 'rows': b}))
+    (tmp_path / 'sol.json').write_text(json.dumps({'detector': 'solution', 'settings': [], 'rows': a}))
+    compare.main([str(tmp_path / 'nc.json'), str(tmp_path / 'sol.json')])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith('| detector |') and 'badnets' in lines[0]
+    assert lines[2].startswith('| solution | 1.00 |') and lines[2].endswith('| 2 |')  # the FP model is dropped
+    assert lines[3].startswith('| nc | 0.50 |')

@@ -1,0 +1,58 @@
+"""Several detectors' results on one zoo, side by side, as a Markdown table.
+
+    python -m bench.compare cache/results/default-solution.json cache/results/default-nc.json ...
+
+Each file is what `bench.evaluate --json` wrote. One row per file (solution first), columns: accuracy,
+AUROC, false positives and misses over the backdoors with ASR >= 80%, the detection rate per attack,
+weak backdoors flagged, mean seconds per model and n. The figures are recomputed from the rows over the
+models every file has, so detectors are compared on the same models even when one run was cut short.
+"""
+import argparse
+import json
+import sys
+
+from bench.evaluate import summarise
+
+
+def load(paths):
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            d = json.load(f)
+        label = d['detector'] + (' ' + ' '.join(d['settings']) if d.get('settings') else '')
+        runs.append((label, d['rows']))
+    common = set.intersection(*({r['name'] for r in rows if r['error'] is None} for _, rows in runs))
+    return [(label, [r for r in rows if r['name'] in common]) for label, rows in runs], len(common)
+
+
+def table(runs):
+    summaries = [(label, summarise(rows)) for label, rows in runs]
+    summaries.sort(key=lambda x: not x[0].startswith('solution'))
+    attacks = sorted({a for _, s in summaries for a in s['per_attack'] if a != 'clean'})
+    head = ['detector', 'accuracy', 'AUROC', 'FPR', 'FNR'] + attacks + ['weak flagged', 'mean s', 'n']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for label, s in summaries:
+        cells = [label, f'{s["accuracy"]:.2f}', f'{s["auroc"]:.2f}', f'{s["fpr"]:.2f}', f'{s["fnr"]:.2f}']
+        for a in attacks:
+            v = s['per_attack'].get(a)
+            cells.append(f'{round(v["flagged"] * v["n"])}/{v["n"]}' if v else '-')
+        weak = s['weak']
+        cells += [f'{round(weak["flagged"] * weak["n"])}/{weak["n"]}' if weak['n'] else '-',
+                  f'{s["mean_s"]:.1f}', str(s['n'])]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('results', nargs='+', help='JSON files written by bench.evaluate --json')
+    args = ap.parse_args(argv)
+    runs, n = load(args.results)
+    if n == 0:
+        raise SystemExit('the result files have no model in common')
+    print(table(runs))
+    print(f'\n{n} models in common', file=sys.stderr)
+
+
+if __name__ == '__main__':
+    main()
