@@ -2,7 +2,8 @@
 
     python -m bench.compare cache/results/default-solution.json cache/results/default-nc.json ...
 
-Each file is what `bench.evaluate --json` wrote. One row per file (solution first), columns: accuracy,
+Each file is what `bench.evaluate --json` wrote; files of the same detector and settings (say, one per
+zoo) are merged. One row per detector (solution first), columns: accuracy,
 AUROC, false positives and misses over the backdoors with ASR >= 80%, the detection rate per attack,
 weak backdoors flagged, mean seconds per model and n. The figures are recomputed from the rows over the
 models every file has, so detectors are compared on the same models even when one run was cut short.
@@ -15,14 +16,16 @@ from bench.evaluate import summarise
 
 
 def load(paths):
-    runs = []
+    """[(label, rows)], one per detector and settings (files of the same one are merged: one run per
+    zoo), each cut to the models every run has; and how many those are."""
+    runs = {}
     for path in paths:
         with open(path) as f:
             d = json.load(f)
         label = d['detector'] + (' ' + ' '.join(d['settings']) if d.get('settings') else '')
-        runs.append((label, d['rows']))
-    common = set.intersection(*({r['name'] for r in rows if r['error'] is None} for _, rows in runs))
-    return [(label, [r for r in rows if r['name'] in common]) for label, rows in runs], len(common)
+        runs.setdefault(label, {}).update({r['name']: r for r in d['rows']})
+    common = set.intersection(*({n for n, r in rows.items() if r['error'] is None} for rows in runs.values()))
+    return [(label, [r for n, r in rows.items() if n in common]) for label, rows in runs.items()], len(common)
 
 
 def table(runs):

@@ -99,3 +99,14 @@ def test_compare_puts_solution_first_and_uses_only_the_models_every_run_has(tmp_
     assert lines[0].startswith('| detector |') and 'badnets' in lines[0]
     assert lines[2].startswith('| solution | 1.00 |') and lines[2].endswith('| 2 |')  # the FP model is dropped
     assert lines[3].startswith('| nc | 0.50 |')
+
+
+def test_compare_merges_the_files_of_one_detector(tmp_path, capsys):
+    from bench import compare
+    rows = [_row(0, 0, 'tune', 0.01, 100), _row(1, 1, 'tune', 0.5)]
+    for i, r in enumerate(rows):
+        (tmp_path / f'sol{i}.json').write_text(json.dumps({'detector': 'solution', 'settings': [], 'rows': [r]}))
+    (tmp_path / 'seed.json').write_text(json.dumps({'detector': 'seed', 'settings': [], 'rows': rows}))
+    compare.main([str(tmp_path / 'seed.json'), str(tmp_path / 'sol0.json'), str(tmp_path / 'sol1.json')])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and lines[2].startswith('| solution | 1.00 |') and lines[2].endswith('| 2 |')
