@@ -113,30 +113,29 @@ PRESETS = {'smoke': _preset_smoke, 'default': _preset_default, 'real': _preset_r
 # -----------------------------------------------------------------------------
 
 
+def _balanced_test_indices(ds, n, g):
+    """Sorted indices of at most n test images, round robin over the classes in a random order per
+    class, so every class gets its share (the larger classes fill in for the smaller ones)."""
+    per_class = []
+    for c in range(ds.num_classes):
+        where = (ds.y_test == c).nonzero().flatten()
+        per_class.append(where[torch.randperm(len(where), generator=g)].tolist())
+    depth = max(map(len, per_class), default=0)
+    idx = [q[d] for d in range(depth) for q in per_class if d < len(q)]
+    return sorted(idx[:n])
+
+
 def image_subset(ds, seed):
     """The sample's image folder: 1% of the test split, at least 3 per class, class-balanced."""
     n = max(round(0.01 * len(ds.y_test)), 3 * ds.num_classes)
-    per_class = -(-n // ds.num_classes)
-    g = torch.Generator().manual_seed(seed)
-    idx = []
-    for c in range(ds.num_classes):
-        where = (ds.y_test == c).nonzero().flatten()
-        idx += where[torch.randperm(len(where), generator=g)[:per_class]].tolist()
-    idx = sorted(idx)[:n] if len(idx) > n else sorted(idx)
+    idx = _balanced_test_indices(ds, n, torch.Generator().manual_seed(seed))
     return ds.x_test[idx], ds.y_test[idx]
 
 
 def defence_inputs(ds, atk, seed):
     """(clean x, y, triggered x, y): up to DEFENCE_IMAGES class-balanced test images, uint8, and the
     non-target ones among them with the test-time trigger on (quantised to uint8 as a saved image is)."""
-    g = torch.Generator().manual_seed(20_000 + seed)
-    per_class = []
-    for c in range(ds.num_classes):
-        where = (ds.y_test == c).nonzero().flatten()
-        per_class.append(where[torch.randperm(len(where), generator=g)].tolist())
-    idx = [i for depth in zip(*per_class) for i in depth]  # round robin: balanced when n is not a multiple
-    idx += [i for q in per_class for i in q[min(map(len, per_class)):]]  # then the larger classes' rest
-    idx = sorted(idx[:DEFENCE_IMAGES])
+    idx = _balanced_test_indices(ds, DEFENCE_IMAGES, torch.Generator().manual_seed(20_000 + seed))
     x, y = ds.x_test[idx], ds.y_test[idx]
     if atk is None:
         return x, y, None, None

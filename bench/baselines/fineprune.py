@@ -95,9 +95,10 @@ def evaluate(net, clean, labels, triggered=None, target=None):
             mask.pruned = order[:n]
             pred_clean = _predict(net, eval_x)
             acc = 100 * (pred_clean == eval_y).float().mean().item()
-            while drops and acc <= base['clean_acc'] - drops[0]:
-                stages.append(dict(figures(pred_clean, _predict(net, triggered) if has_trig else None),
-                                   drop=drops.pop(0), pruned=n, channels=len(order)))
+            if drops and acc <= base['clean_acc'] - drops[0]:
+                now = figures(pred_clean, _predict(net, triggered) if has_trig else None)
+                while drops and acc <= base['clean_acc'] - drops[0]:
+                    stages.append(dict(now, drop=drops.pop(0), pruned=n, channels=len(order)))
             if not drops:
                 break
     finally:

@@ -49,13 +49,14 @@ def evaluate(net, pool, clean, triggered, mean, std):
     if len(pool) < 2 or len(clean) < 4:
         raise ValueError(f'STRIP needs at least 2 pool images and 4 clean inputs, got {len(pool)} and {len(clean)}')
     gen = torch.Generator().manual_seed(HYP['seed'])
-    h_clean = entropies(net, clean, pool.to(clean.device), gen, mean, std)
+    pool = pool.to(clean.device)
+    h_clean = entropies(net, clean, pool, gen, mean, std)
     calib, held = h_clean[0::2], h_clean[1::2]  # interleaved halves: the inputs are class-balanced, in order
     threshold = torch.quantile(calib, HYP['percentile'] / 100).item()
     out = {'threshold': threshold, 'frr': (held < threshold).float().mean().item(), 'n_clean': len(held),
            'entropy_clean': held.mean().item(), 'far': None, 'n_triggered': 0, 'entropy_triggered': None}
     if triggered is not None and len(triggered):
-        h_trig = entropies(net, triggered, pool.to(triggered.device), gen, mean, std)
+        h_trig = entropies(net, triggered, pool, gen, mean, std)
         out.update(far=(h_trig >= threshold).float().mean().item(), n_triggered=len(h_trig),
                    entropy_triggered=h_trig.mean().item())
     return out
