@@ -8,8 +8,22 @@ from bench.zoo import image_subset
 from model_arch import PreActResNet18
 
 
+THREADS = 2  # training and detection at a fixed thread count: the float reduction order, hence the models
+
+
+@pytest.fixture(scope='module', autouse=True)
+def fixed_threads():
+    """Other tests (the CLIs' --threads) change torch's thread count; these models must not depend on it.
+    The same recipe trained at 1 thread gives a different clean twin, one that the detector calls
+    backdoored (p 0.03; README, known limits): a single toy model is one draw, not a false-positive rate."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope='module')
-def twins(tmp_path_factory):
+def twins(tmp_path_factory, fixed_threads):
     """A clean and a BadNets width-8 model trained the same way on the embedded synthetic data."""
     ds = data.load('synthetic', seed=0, num_classes=10, n_train=120, n_test=20)
     out = {}
