@@ -310,18 +310,18 @@ def _max_margins(split, h0, labels, classes, steps, deadline, bounds=None):
     if HYP['exclude_own']:  # a class with no image of another class keeps all of them
         keep = labels.to(h0.device)[None, :] != target.view(k, n)
         keep[~keep.any(1)] = True
-    start = h0.repeat(k, 1, 1, 1)  # (k*n, C, H, W)
+    start = h0.repeat(k, 1, 1, 1)  # (k*n, C, H, W): the clean activations, one copy per class
     universal = HYP['mode'] == 'universal'
     if universal:
         var = torch.zeros((k,) + h0.shape[1:], device=h0.device, requires_grad=True)  # (k, C, H, W)
         radius = HYP['eps'] * h0.flatten(1).norm(dim=1).mean()
-    else:
-        var = start.clone().requires_grad_(True)  # (k*n, C, H, W)
     if bounds is not None:  # input space: the pixel range the images span, and an L-inf ball if asked
         lo, hi = bounds
         if HYP['linf']:
             r = HYP['linf'] * (hi - lo)
             lo, hi = torch.maximum(lo, start - r), torch.minimum(hi, start + r)
+    if not universal:  # the free variables are that copy itself, optimised in place (start is not read again)
+        var = start.requires_grad_(True)
 
     def current():
         return start + var.repeat_interleave(n, 0) if universal else var

@@ -15,7 +15,8 @@ THREADS = 2  # training and detection at a fixed thread count: the float reducti
 def fixed_threads():
     """Other tests (the CLIs' --threads) change torch's thread count; these models must not depend on it.
     The same recipe trained at 1 thread gives a different clean twin, one that the detector calls
-    backdoored (p 0.03; README, known limits): a single toy model is one draw, not a false-positive rate."""
+    backdoored (p 0.03; README, the twin pair under the cut ablation): a single toy model is one draw,
+    not a false-positive rate."""
     before = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     yield
