@@ -163,25 +163,26 @@ def summarise(rows, by_split=True):
 # -----------------------------------------------------------------------------
 # Printing, JSON, plot
 
-COLUMNS = '{:<28} {:<10} {:<12} {:>5} {:>10} {:>9} {:>7} {:>7} {:>8}'
+NAME_W, DATA_W = 44, 12  # the zoo's longest names, whole (synthetic100 and synthetic10 must differ)
+COLUMNS = f'{{:<{NAME_W}}} {{:<{DATA_W}}} {{:<12}} {{:>5}} {{:>10}} {{:>9}} {{:>7}} {{:>7}} {{:>8}}'
 
 
 def fmt_row(r):
     if r['error']:
-        return f'{r["name"]:<28} ERROR {r["error"]}'
+        return f'{r["name"]:<{NAME_W}} ERROR {r["error"]}'
     truth = {0: 'bd', 1: 'clean'}.get(r['truth'], '?')
     verdict = {0: 'bd', 1: 'clean'}[r['verdict']]
     mark = '' if r['verdict'] == r['truth'] else ' x'
     weak = ' (weak)' if is_weak(r) else ''
     p = f'{r["p_value"]:.2e}' if r['p_value'] is not None else '-'
     stat = f'{r["statistic"]:.3g}' if r['statistic'] is not None else '-'
-    return COLUMNS.format(r['name'][:28], str(r['data'])[:10], str(r['attack'])[:12], truth, stat, p,
+    return COLUMNS.format(r['name'][:NAME_W], str(r['data'])[:DATA_W], str(r['attack'])[:12], truth, stat, p,
                           verdict + mark, f'{r["seconds"]:.1f}', f'{r["peak_mib"]:.0f}') + weak
 
 
 def print_summary(s, out=None):
     out = out or sys.stdout
-    print('-' * 100, file=out)
+    print('-' * len(COLUMNS.format(*[''] * 9)), file=out)
     for a, v in s['per_attack'].items():
         what = 'false positives' if a == 'clean' else 'detected'
         print(f'  {a:<14} n {v["n"]:>3}  {what} {100 * v["flagged"]:5.1f}%', file=out)
