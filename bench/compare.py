@@ -7,6 +7,7 @@ zoo) are merged. One row per detector (solution first), columns: accuracy,
 AUROC, false positives and misses over the backdoors with ASR >= 80%, the detection rate per attack,
 weak backdoors flagged, mean seconds per model and n. The figures are recomputed from the rows over the
 models every file has, so detectors are compared on the same models even when one run was cut short.
+`--by data` gives one row per detector and data set instead (say, one detector over a whole `real` zoo).
 """
 import argparse
 import json
@@ -28,9 +29,18 @@ def load(paths):
     return [(label, [r for n, r in rows.items() if n in common]) for label, rows in runs.items()], len(common)
 
 
+def by_data(runs):
+    """The runs split per data set: one (label / data, rows) per detector and data set."""
+    out = []
+    for label, rows in runs:
+        for d in sorted({r['data'] for r in rows}):
+            out.append((f'{label} / {d}', [r for r in rows if r['data'] == d]))
+    return out
+
+
 def table(runs):
     summaries = [(label, summarise(rows)) for label, rows in runs]
-    summaries.sort(key=lambda x: not x[0].startswith('solution'))
+    summaries.sort(key=lambda x: not x[0].startswith('solution'))  # stable: data sets keep their order
     attacks = sorted({a for _, s in summaries for a in s['per_attack'] if a != 'clean'})
     head = ['detector', 'accuracy', 'AUROC', 'FPR', 'FNR'] + attacks + ['weak flagged', 'mean s', 'n']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
@@ -49,11 +59,13 @@ def table(runs):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('results', nargs='+', help='JSON files written by bench.evaluate --json')
+    ap.add_argument('--by', choices=('detector', 'data'), default='detector',
+                    help='one row per detector (default) or per detector and data set')
     args = ap.parse_args(argv)
     runs, n = load(args.results)
     if n == 0:
         raise SystemExit('the result files have no model in common')
-    print(table(runs))
+    print(table(by_data(runs) if args.by == 'data' else runs))
     print(f'\n{n} models in common', file=sys.stderr)
 
 

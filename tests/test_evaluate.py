@@ -110,3 +110,15 @@ def test_compare_merges_the_files_of_one_detector(tmp_path, capsys):
     compare.main([str(tmp_path / 'seed.json'), str(tmp_path / 'sol0.json'), str(tmp_path / 'sol1.json')])
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and lines[2].startswith('| solution | 1.00 |') and lines[2].endswith('| 2 |')
+
+
+def test_compare_by_data_gives_one_row_per_data_set(tmp_path, capsys):
+    from bench import compare
+    rows = [_row(0, 0, 'tune', 0.01, 100), _row(1, 1, 'tune', 0.5), _row(1, 0, 'tune', 0.03)]
+    rows[2] = dict(rows[2], data='e')  # the false positive is the only model of data set e
+    (tmp_path / 'sol.json').write_text(json.dumps({'detector': 'solution', 'settings': [], 'rows': rows}))
+    compare.main([str(tmp_path / 'sol.json'), '--by', 'data'])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    assert lines[2].startswith('| solution / d | 1.00 |') and lines[2].endswith('| 2 |')
+    assert lines[3].startswith('| solution / e | 0.00 |') and lines[3].endswith('| 1 |')
