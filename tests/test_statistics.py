@@ -54,3 +54,44 @@ def test_degenerate_null_does_not_divide_by_zero():
 def test_margin():
     logits = torch.tensor([[1.0, 3.0, 2.0], [5.0, 0.0, 1.0]])
     assert solution.margin(logits, torch.tensor([1, 1])).tolist() == [1.0, -5.0]
+
+
+def test_sparsify_keeps_each_images_largest_changes_inside_the_bounds(monkeypatch):
+    start = torch.zeros(2, 3, 4, 4)
+    var = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    var[0, :, 1, 2] = 5.0  # the largest change of image 0: beyond the upper bound
+    lo, hi = torch.full((1, 3, 1, 1), -1.0), torch.full((1, 3, 1, 1), 2.0)
+    size_before = var.norm(dim=1).flatten(1)
+    solution._sparsify(var, start, (lo, hi), area=0.25)
+    changed = (var != 0).any(1).flatten(1)
+    assert changed.sum(1).tolist() == [4, 4]  # 25% of 16 positions per image
+    for i in range(2):  # they are the positions of largest change
+        assert set(changed[i].nonzero()[:, 0].tolist()) == set(size_before[i].topk(4).indices.tolist())
+    assert var.max() <= 2.0 and var[0, :, 1, 2].tolist() == [2.0, 2.0, 2.0]
+
+
+class _LinearHead:
+    """A stand-in for the network after the cut: logits = W h, on the flattened activation."""
+
+    def __init__(self, w):
+        self.w = w
+
+    def logits(self, h):
+        return h.flatten(1) @ self.w.T
+
+
+def test_transfer_rewards_one_direction_shared_by_all_images(monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'alphas', (1.0,))
+    g = torch.Generator().manual_seed(0)
+    d = 16
+    w = torch.randn(3, d, generator=g)
+    h0 = torch.randn(8, d, 1, 1, generator=g)
+    toward0 = (w[0] - w[1:].mean(0)).view(1, d, 1, 1)
+    agreeing = toward0.expand(8, -1, -1, -1) + 0.1 * torch.randn(8, d, 1, 1, generator=g)
+    # class 1: every image's change raises class 1 over class 0, but each goes its own way
+    scattered = torch.randn(8, d, 1, 1, generator=g)
+    sign = torch.sign((scattered.flatten(1) * (w[1] - w[0])).sum(1)).view(8, 1, 1, 1)
+    scattered = scattered * sign
+    target = torch.tensor([0, 1]).repeat_interleave(8)
+    stats = solution._transfer(_LinearHead(w), h0, torch.cat([agreeing, scattered]), target)
+    assert stats[0] > 5 * stats[1]
