@@ -56,7 +56,7 @@ def test_margin():
     assert solution.margin(logits, torch.tensor([1, 1])).tolist() == [1.0, -5.0]
 
 
-def test_sparsify_keeps_each_images_largest_changes_inside_the_bounds(monkeypatch):
+def test_sparsify_keeps_each_images_largest_changes_inside_the_bounds():
     start = torch.zeros(2, 3, 4, 4)
     var = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     var[0, :, 1, 2] = 5.0  # the largest change of image 0: beyond the upper bound
