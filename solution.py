@@ -20,8 +20,9 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        statistic is the mean over images of softplus(margin), the best over those norms. An all-to-one
        backdoor is one change that sends every input to its target, so its images' changes agree and
        the shared direction transfers. A naturally easy class (on MNIST, adding ink makes an 8) needs a
-       different change for each image, so the mean direction washes out. (The seed's statistic, the largest margin any image reaches, is kept
-       as HYP['statistic'] = 'margin'; it calls 3 of 6 clean MNIST models backdoored: README, results.)
+       different change for each image, so the mean direction washes out. (The seed's statistic, the
+       largest margin any image reaches, is kept as HYP['statistic'] = 'margin'; with no area limit it
+       calls 3 of 6 clean MNIST models backdoored: README, results.)
     3. The K per-class statistics are judged by an exponential null fitted (maximum likelihood, loc =
        min, scale = mean - min) to the K-1 statistics other than the largest; p = 1 - F(max)^K;
        backdoored iff p < P_THRESHOLD, the file's one tuned constant.
@@ -311,15 +312,17 @@ def _area():
     return HYP['area'] if HYP['mode'] == 'free' and 0 < HYP['area'] < 1 else 0
 
 
-def _sparsify(var, start, bounds, area):
-    """In place: each image keeps its change only at the `area` share of positions where the change
-    (L2 over channels) is largest, and its values inside `bounds`."""
-    lo, hi = bounds
-    d = torch.maximum(torch.minimum(var, hi), lo) - start
-    size = d.norm(dim=1).flatten(1)  # (B, H*W)
-    keep = max(1, round(area * size.shape[1]))
-    kth = size.topk(keep, dim=1).values[:, -1:]
-    var.copy_(start + d * (size >= kth).view(len(d), 1, *d.shape[2:]))
+def _project(var, start, bounds, area):
+    """In place, after an optimisation step: values back inside `bounds` (if any), then, with an
+    `area`, each image keeps its change only at that share of positions where the change (L2 over
+    channels) is largest."""
+    if bounds is not None:
+        torch.maximum(torch.minimum(var, bounds[1]), bounds[0], out=var)
+    if area:
+        d = var - start
+        size = d.norm(dim=1).flatten(1)  # (B, H*W)
+        kth = size.topk(max(1, round(area * size.shape[1])), dim=1).values[:, -1:]
+        var.copy_(start + d * (size >= kth).view(len(d), 1, *d.shape[2:]))
 
 
 def _transfer(split, h0, delta, target):
@@ -365,34 +368,34 @@ def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None):
         r = HYP['linf'] * (bounds[1] - bounds[0])
         bounds = torch.maximum(bounds[0], start - r), torch.minimum(bounds[1], start + r)
     if not universal:  # the free variables start as that copy; optimised in place when start is not read again
-        keep_start = area or HYP['statistic'] == 'transfer'
+        keep_start = area or HYP['statistic'] == 'transfer'  # both read start after the steps begin
         var = (start.clone() if keep_start else start).requires_grad_(True)
 
     def current():
         return start + var.repeat_interleave(n, 0) if universal else var
 
     opt = torch.optim.AdamW([var], lr=HYP['lr'], weight_decay=0.0 if universal else HYP['weight_decay'])
-    best = torch.full((k,), float('-inf'), device=h0.device)
+    transfer = HYP['statistic'] == 'transfer'
+    best = torch.full((k,), float('-inf'), device=h0.device)  # statistic 'margin': the best over the steps
     for step in range(steps):
         for g in opt.param_groups:
             g['lr'] = _lr_at(step, steps)
         m = margin(split.logits(current()), target)  # (k*n,)
-        best = torch.maximum(best, _reduce(m.detach().view(k, n), keep))
+        if not transfer:
+            best = torch.maximum(best, _reduce(m.detach().view(k, n), keep))
         opt.zero_grad(set_to_none=True)
         (-m.sum()).backward()
         opt.step()
         with torch.no_grad():
-            if area:
-                _sparsify(var, start, bounds, area)
-            elif bounds is not None and not universal:
-                torch.maximum(torch.minimum(var, bounds[1]), bounds[0], out=var)
             if universal:  # project each class's shift back onto the ball
                 norms = var.flatten(1).norm(dim=1).clamp(min=1e-12)
                 var.mul_((radius / norms).clamp(max=1.0).view(-1, 1, 1, 1))
+            else:
+                _project(var, start, bounds, area)
         if time.monotonic() > deadline:
             break
     with torch.no_grad():
-        if HYP['statistic'] == 'transfer':
+        if transfer:
             return _transfer(split, h0, current() - start, target).tolist()
         best = torch.maximum(best, _reduce(margin(split.logits(current()), target).view(k, n), keep))
     return best.tolist()
@@ -414,9 +417,9 @@ def _plan(split, h_all, num_classes, chunk, seconds, bounds):
         opt.zero_grad(set_to_none=True)
         margin(split.logits(var), target).sum().backward()
         opt.step()
-        if _area():
+        if HYP['mode'] == 'free':
             with torch.no_grad():
-                _sparsify(var, start, bounds, _area())
+                _project(var, start, bounds, _area())
         if h_all.is_cuda:
             torch.cuda.synchronize()
         per_image_step = (time.monotonic() - t0) / len(var)

@@ -56,13 +56,13 @@ def test_margin():
     assert solution.margin(logits, torch.tensor([1, 1])).tolist() == [1.0, -5.0]
 
 
-def test_sparsify_keeps_each_images_largest_changes_inside_the_bounds():
+def test_projection_keeps_each_images_largest_changes_inside_the_bounds():
     start = torch.zeros(2, 3, 4, 4)
     var = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     var[0, :, 1, 2] = 5.0  # the largest change of image 0: beyond the upper bound
     lo, hi = torch.full((1, 3, 1, 1), -1.0), torch.full((1, 3, 1, 1), 2.0)
     size_before = var.norm(dim=1).flatten(1)
-    solution._sparsify(var, start, (lo, hi), area=0.25)
+    solution._project(var, start, (lo, hi), area=0.25)
     changed = (var != 0).any(1).flatten(1)
     assert changed.sum(1).tolist() == [4, 4]  # 25% of 16 positions per image
     for i in range(2):  # they are the positions of largest change
