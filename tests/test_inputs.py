@@ -44,6 +44,19 @@ def test_too_few_readable_images_runs_data_free(toy_model, tmp_path, fast, conte
     assert ev['data_free']
 
 
+def test_own_norm_divides_each_class_by_its_own_images_margins(toy_model, tmp_path, image_folder, fast,
+                                                               monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'own_norm', True)
+    ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
+    assert any(o > 0 for o in ev['own_margin'])
+    for s, raw, o in zip(ev['per_class'], ev['per_class_raw'], ev['own_margin']):
+        assert s == pytest.approx(raw / (1 + o))
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    ev = _ok(solution.evidence(toy_model, 10, str(empty), CIFAR_LIKE))
+    assert ev['data_free'] and ev['own_margin'] == [0.0] * 10  # synthesised images belong to no class
+
+
 def test_skips_hidden_non_image_subfolders_and_corrupt_files(toy_model, tmp_path, fast):
     folder = write_images(tmp_path / 'imgs', n=10)
     good = solution.evidence(toy_model, 10, folder, CIFAR_LIKE)

@@ -95,3 +95,14 @@ def test_transfer_rewards_one_direction_shared_by_all_images(monkeypatch):
     target = torch.tensor([0, 1]).repeat_interleave(8)
     stats = solution._transfer(_LinearHead(w), h0, torch.cat([agreeing, scattered]), target)
     assert stats[0] > 5 * stats[1]
+
+
+def test_own_margins_average_each_class_over_its_own_images():
+    head = _LinearHead(torch.eye(3))  # logits = the activation itself
+    h = torch.tensor([[2.0, 0, 0], [4.0, 0, 0], [0, 1.0, 0], [9.0, 0, 0], [0, 0, 9.0]]).view(5, 3, 1, 1)
+    labels = torch.tensor([0, 0, 1, -1, 5])  # -1 (data-free) and 5 (out of range) count for no class
+    own = solution.own_margins(head, h, labels, 3, batch=2)
+    sp = torch.nn.functional.softplus
+    assert own[0] == pytest.approx(float(sp(torch.tensor([2.0, 4.0])).mean()))
+    assert own[1] == pytest.approx(float(sp(torch.tensor(1.0))))
+    assert own[2] == 0.0  # no image of class 2: divided by 1
