@@ -256,12 +256,12 @@ def main(argv=None):
     ap.add_argument('--data-root', default=None, help='folder of the real data (default: $BENCH_DATA or ../shared/data)')
     ap.add_argument('--match', default='', help='only models whose name contains this text')
     ap.add_argument('--threads', type=int, default=os.cpu_count(), help='torch CPU threads (default: all cores)')
-    ap.add_argument('--list', action='store_true', help='print the preset\'s model names and exit')
+    ap.add_argument('--list', action='store_true', help='print the preset\'s model names (those --match keeps) and exit')
     args = ap.parse_args(argv)
     if args.preset not in PRESETS:
         raise SystemExit(f'unknown preset {args.preset!r}; choose from {", ".join(PRESETS)}')
     if args.list:
-        print('\n'.join(s['name'] for s in PRESETS[args.preset]()))
+        print('\n'.join(s['name'] for s in PRESETS[args.preset]() if args.match in s['name']))
         return
     torch.set_num_threads(args.threads)
     out = args.out or os.path.join('cache', f'zoo-{args.preset}')

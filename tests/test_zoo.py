@@ -71,3 +71,10 @@ def test_targets_are_deterministic_and_differ_between_the_attacks_of_one_seed():
     assert targets == [zoo.target_of(s, 10) for s in specs] and all(0 <= t < 10 for t in targets)
     assert len(set(targets)) >= 4, targets
     assert zoo.target_of(zoo.spec(None, 0), 10) is None
+
+
+def test_list_prints_only_the_models_match_keeps(capsys):
+    zoo.main(['--preset', 'real', '--match', 'tiny64-clean', '--list'])
+    names = capsys.readouterr().out.split()
+    assert names and all('tiny64-clean' in n for n in names)
+    assert names == [s['name'] for s in zoo.PRESETS['real']() if 'tiny64-clean' in s['name']]
