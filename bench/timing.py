@@ -1,6 +1,6 @@
 """Seconds per model of solution.detect() on full-width PreActResNet18s.
 
-    python -m bench.timing [--runs 3] [--classes 10 100] [--width 64] [--threads N]
+    python -m bench.timing [--runs 3] [--classes 10 100] [--width 64] [--size 32] [--threads N]
 
 For each class count, a clean and a BadNets model (synthetic data, a short training run: the time
 detect() takes depends on the model's shape and the machine, not on how well it was trained) are
@@ -35,11 +35,11 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-def make_sample(folder, num_classes, width, attack, seed=0):
-    """A briefly trained full-width model written as a sample (reused when present)."""
+def make_sample(folder, num_classes, width, attack, seed=0, size=32):
+    """A briefly trained model on `size`-px synthetic images, written as a sample (reused when present)."""
     if samples.is_sample(folder):
         return samples.read(folder)
-    ds = datasets.load('synthetic', seed=seed, num_classes=num_classes, n_train=10, n_test=3)
+    ds = datasets.load('synthetic', seed=seed, num_classes=num_classes, size=size, n_train=10, n_test=3)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = PreActResNet18(num_classes, width)
@@ -70,6 +70,7 @@ def main(argv=None):
     ap.add_argument('--runs', type=int, default=3, help='measured calls per model after one warm-up (default 3)')
     ap.add_argument('--classes', type=int, nargs='+', default=[10, 100], help='class counts (default 10 100)')
     ap.add_argument('--width', type=int, default=64, help='channel width of the first stage (default 64: full width)')
+    ap.add_argument('--size', type=int, default=32, help='image side in pixels (default 32; 64 as Tiny-ImageNet 64)')
     ap.add_argument('--threads', type=int, default=os.cpu_count(), help='torch CPU threads (default: all cores)')
     ap.add_argument('--cache', default='cache/timing', help='where the timing samples are written')
     args = ap.parse_args(argv)
@@ -78,12 +79,13 @@ def main(argv=None):
     print(f'torch {torch.__version__}, CPU {cpu_name()}, {args.threads} threads'
           + (f', CUDA {torch.cuda.get_device_name()}' if torch.cuda.is_available() else ', no CUDA'))
     print(f'detect() budget {solution.HYP["budget_s"]:.0f} s; contest limit {CONTEST_LIMIT_S:.0f} s; '
-          f'width {args.width}; {args.runs} runs after a warm-up')
+          f'width {args.width}; {args.size} px; {args.runs} runs after a warm-up')
     print(f'{"device":<7} {"classes":>7} {"model":<8} {"median_s":>9} {"max_s":>7} {"margin_s":>9} {"images":>6} {"steps":>5}')
     for k in args.classes:
         for attack in (False, True):
             kind = 'badnets' if attack else 'clean'
-            s = make_sample(os.path.join(args.cache, f'w{args.width}-k{k}-{kind}'), k, args.width, attack)
+            name = f'w{args.width}-k{k}-{kind}' + ('' if args.size == 32 else f'-{args.size}px')  # 32 px keeps its old name
+            s = make_sample(os.path.join(args.cache, name), k, args.width, attack, size=args.size)
             for device in devices:
                 secs, ev = time_detect(s, device, args.runs)
                 print(f'{device:<7} {k:>7} {kind:<8} {statistics.median(secs):>9.1f} {max(secs):>7.1f} '
