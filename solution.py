@@ -27,6 +27,9 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        margin of the folder's own images of that class (a class the model recognises with confidence
        is easy to reach naturally); it raised the AUROC on CIFAR-10 and the default zoo but added three
        false positives on GTSRB, whose classes have about 3 images each (README, results).
+       Off by default (0), HYP['landing'] = a multiplies each class's statistic by landing() ** a: how
+       far its direction lands the pushed images beyond the class's own clean images, in penultimate
+       features.
     3. The K per-class statistics are judged by an exponential null fitted (maximum likelihood, loc =
        min, scale = mean - min) to the K-1 statistics other than the largest; p = 1 - F(max)^K;
        backdoored iff p < P_THRESHOLD, the file's one tuned constant.
@@ -82,6 +85,7 @@ HYP = {
     'statistic': 'transfer', # 'transfer': margins the images' shared direction gives every image; 'margin': the seed's
     'alphas': (0.5, 1.0),    # transfer: the shared direction's norms tried, as shares of each image's activation norm
     'own_norm': False,       # transfer: divide each class's statistic by 1 + its clean images' mean softplus margin
+    'landing': 0.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction overshoots its clean images
     'lr': 0.1,               # peak AdamW learning rate on the activation
     'lr_final': 0.001,       # cosine decay ends here
     'warmup': 0.1,           # share of steps with linear warm-up
@@ -280,10 +284,14 @@ class _Split:
             x = s(x)
         return x
 
-    def logits(self, h):
+    def pooled(self, h):
+        """The penultimate features: the rest of the network up to the linear head."""
         for s in self.rest:
             h = s(h)
-        return self.linear(self.pool(h).flatten(1))
+        return self.pool(h).flatten(1)
+
+    def logits(self, h):
+        return self.linear(self.pooled(h))
 
 # -----------------------------------------------------------------------------
 # Per-class statistic: the largest margin the head can be pushed to
@@ -335,33 +343,65 @@ def _transfer(split, h0, delta, target):
     direction (the normalised mean of its images' unit changes) at a norm of alpha times its own, the
     best over HYP['alphas'] (a trigger's strength in feature space is not known in advance: a patch is
     a large local change, a blend a small one everywhere). delta (k*n, C, H, W) are the optimised
-    changes, grouped by class; target (k*n,)."""
+    changes, grouped by class; target (k*n,). Returns the statistics (k,) and, at the norm that gave
+    each, the pushed images' mean penultimate feature (k, F): where the class's direction lands them."""
     n = len(h0)
     k = len(delta) // n
     u = F.normalize(F.normalize(delta.flatten(1), dim=1).view(k, n, -1).mean(1), dim=1)  # (k, D)
     norm = h0.flatten(1).norm(dim=1)  # (n,)
-    best = torch.zeros(k, device=h0.device)
+    best, landed = torch.zeros(k, device=h0.device), None
     for alpha in HYP['alphas']:
         h = h0.flatten(1)[None] + alpha * norm[None, :, None] * u[:, None, :]  # (k, n, D)
-        m = margin(split.logits(h.view(k * n, *h0.shape[1:])), target)
-        best = torch.maximum(best, F.softplus(m).view(k, n).mean(1))
-    return best
+        feats = split.pooled(h.view(k * n, *h0.shape[1:]))
+        stat = F.softplus(margin(split.linear(feats), target)).view(k, n).mean(1)
+        mean_feats = feats.view(k, n, -1).mean(1)
+        landed = mean_feats if landed is None else torch.where((stat > best)[:, None], mean_feats, landed)
+        best = torch.maximum(best, stat)  # NaN propagates: a model with non-finite outputs is caught
+    return best, landed
 
 
-def own_margins(split, h_all, labels, num_classes, batch=64):
-    """Per class: the mean softplus margin the model gives the folder's own clean images of that class
-    (0 for a class with no image; labels outside 0..K-1, as in data-free runs, count for none)."""
-    total = torch.zeros(num_classes, dtype=torch.float64)
-    count = torch.zeros(num_classes, dtype=torch.float64)
+def _clean_features(split, h_all, labels, num_classes, batch=64):
+    """Penultimate features (N', F) of the folder's images labelled with a class 0..K-1, and those
+    labels (N',); None, None when there are none (a data-free run)."""
     ok = (labels >= 0) & (labels < num_classes)
     h, y = h_all[ok.to(h_all.device)], labels[ok]
+    if len(y) == 0:
+        return None, None
     with torch.no_grad():
-        for i in range(0, len(y), batch):
-            yb = y[i:i + batch]
-            m = F.softplus(margin(split.logits(h[i:i + batch]), yb.to(h.device))).double().cpu()
-            total.index_add_(0, yb, m)
-            count.index_add_(0, yb, torch.ones_like(m))
+        return torch.cat([split.pooled(h[i:i + batch]) for i in range(0, len(y), batch)]), y.to(h_all.device)
+
+
+def own_margins(split, feats, y, num_classes):
+    """Per class: the mean softplus margin the model gives the folder's own clean images of that class,
+    from their penultimate features and labels (_clean_features); 0 for a class with no image."""
+    total = torch.zeros(num_classes, dtype=torch.float64)
+    count = torch.zeros(num_classes, dtype=torch.float64)
+    if feats is not None:
+        with torch.no_grad():
+            m = F.softplus(margin(split.linear(feats), y)).double().cpu()
+        total.index_add_(0, y.cpu(), m)
+        count.index_add_(0, y.cpu(), torch.ones_like(m))
     return (total / count.clamp(min=1)).tolist()
+
+
+def landing(landed, feats, y, num_classes):
+    """Per class t: how far its direction lands the images from its own clean images, in units of how
+    far those lie from all the images: |landed_t - centroid_t| / |centroid_t - mean|, in penultimate
+    features (centroid_t: the mean over the folder's images of class t; mean: over all of them). A
+    trigger is a feature of its own, so it overshoots the class's clean images; a naturally easy class's
+    direction is that class's own evidence and lands near them. 1 for a class with no image and in a
+    data-free run (feats None)."""
+    out = [1.0] * num_classes
+    if feats is None:
+        return out
+    with torch.no_grad():
+        mean = feats.mean(0)
+        for t in range(num_classes):
+            own = y == t
+            if own.any():
+                c = feats[own].mean(0)
+                out[t] = ((landed[t] - c).norm() / (c - mean).norm().clamp(min=1e-12)).item()
+    return out
 
 
 def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None):
@@ -417,9 +457,10 @@ def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None):
             break
     with torch.no_grad():
         if transfer:
-            return _transfer(split, h0, current() - start, target).tolist()
+            stats, landed = _transfer(split, h0, current() - start, target)
+            return stats.tolist(), landed
         best = torch.maximum(best, _reduce(margin(split.logits(current()), target).view(k, n), keep))
-    return best.tolist()
+    return best.tolist(), None
 
 
 def _plan(split, h_all, num_classes, chunk, seconds, bounds):
@@ -508,6 +549,8 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     for key, choices in CHOICES.items():
         if HYP[key] not in choices:
             raise ValueError(f"HYP['{key}'] is {HYP[key]!r}; choose one of {choices}")
+    if not (isinstance(HYP['landing'], (int, float)) and math.isfinite(HYP['landing']) and HYP['landing'] >= 0):
+        raise ValueError(f"HYP['landing'] is {HYP['landing']!r}; it is an exponent, a number >= 0 (0 = off)")
     with _Isolated(), torch.inference_mode(False), torch.enable_grad():
         gen = torch.Generator().manual_seed(0)
         x, labels, data_free = load_images(test_images_folder_address, transformation, gen)
@@ -517,9 +560,9 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         lo, hi = x.amin((0, 2, 3)).view(1, 3, 1, 1), x.amax((0, 2, 3)).view(1, 3, 1, 1)  # pixel range, model units
         with torch.no_grad():
             h_all = split.features(x.to(device))  # (N, C, H, W)
-        own = [0.0] * num_classes
-        if HYP['own_norm'] and HYP['statistic'] == 'transfer' and not data_free:
-            own = own_margins(split, h_all, labels, num_classes)
+        factors = HYP['statistic'] == 'transfer' and (HYP['own_norm'] or HYP['landing'] > 0)
+        feats, y = _clean_features(split, h_all, labels, num_classes) if factors and not data_free else (None, None)
+        own = own_margins(split, feats, y, num_classes) if HYP['own_norm'] else [0.0] * num_classes
         if HYP['init'] == 'noise':  # start from uniform noise over that range instead of the images
             x = lo + (hi - lo) * torch.rand(x.shape, generator=gen)
             with torch.no_grad():
@@ -536,13 +579,18 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         n, steps = _plan(split, h_all, num_classes, chunk, 0.7 * (deadline - time.monotonic()), bounds)  # 30% slack
         chosen = _balanced_indices(labels, n)
         h0, l0 = h_all[chosen], labels[chosen]
-        stats = []
+        stats, landed = [], []
         for c in range(0, num_classes, chunk):
-            stats += _class_statistics(split, h0, l0, list(range(c, min(num_classes, c + chunk))), steps, deadline, bounds)
-    if not all(math.isfinite(v) for v in stats + own):
+            s, where = _class_statistics(split, h0, l0, list(range(c, min(num_classes, c + chunk))), steps, deadline, bounds)
+            stats += s
+            landed.append(where)
+        far = [1.0] * num_classes
+        if HYP['landing'] > 0 and HYP['statistic'] == 'transfer':
+            far = [f ** HYP['landing'] for f in landing(torch.cat(landed), feats, y, num_classes)]
+    if not all(math.isfinite(v) for v in stats + own + far):
         raise ValueError('the model gives non-finite outputs (NaN or inf) on these images; no test is possible')
     raw = stats
-    stats = [s / (1.0 + o) for s, o in zip(stats, own)]
+    stats = [s * f / (1.0 + o) for s, o, f in zip(stats, own, far)]
     p = max_p_value(stats)
     target = int(np.argmax(stats))
     loc, scale = exponential_fit([s for i, s in enumerate(stats) if i != target]) if num_classes > 2 else (stats[0], 0.0)
@@ -552,8 +600,9 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'statistic': stats[target],              # largest per-class statistic
         'target': target,                        # the class it belongs to: the suspected backdoor target
         'per_class': stats,
-        'per_class_raw': raw,                    # before the division by 1 + own_margin
-        'own_margin': own,                       # per class: its clean images' mean softplus margin
+        'per_class_raw': raw,                    # before the factors below
+        'own_margin': own,                       # per class: its clean images' mean softplus margin (own_norm)
+        'landing': far,                          # per class: the factor landing() ** HYP['landing'] (1 when off)
         'null_loc': loc, 'null_scale': scale,
         'images': int(len(h0)), 'steps': steps, 'data_free': data_free,
         'seconds': time.monotonic() - start, 'device': str(device),

@@ -57,6 +57,26 @@ def test_own_norm_divides_each_class_by_its_own_images_margins(toy_model, tmp_pa
     assert ev['data_free'] and ev['own_margin'] == [0.0] * 10  # synthesised images belong to no class
 
 
+def test_landing_multiplies_each_class_and_is_neutral_without_labelled_images(toy_model, tmp_path, image_folder,
+                                                                               fast, monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'landing', 1.0)
+    ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
+    assert len(set(ev['landing'])) > 1 and all(f >= 0 for f in ev['landing'])
+    for s, raw, f in zip(ev['per_class'], ev['per_class_raw'], ev['landing']):
+        assert s == pytest.approx(raw * f)
+    monkeypatch.setitem(solution.HYP, 'landing', 0.5)  # an exponent: the square root of the same factors
+    half = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
+    assert half['landing'] == pytest.approx([f ** 0.5 for f in ev['landing']])
+    monkeypatch.setitem(solution.HYP, 'landing', -1.0)
+    with pytest.raises(ValueError, match='landing'):
+        solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    monkeypatch.setitem(solution.HYP, 'landing', 1.0)
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    ev = _ok(solution.evidence(toy_model, 10, str(empty), CIFAR_LIKE))
+    assert ev['data_free'] and ev['landing'] == [1.0] * 10
+
+
 def test_skips_hidden_non_image_subfolders_and_corrupt_files(toy_model, tmp_path, fast):
     folder = write_images(tmp_path / 'imgs', n=10)
     good = solution.evidence(toy_model, 10, folder, CIFAR_LIKE)

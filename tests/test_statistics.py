@@ -71,13 +71,20 @@ def test_projection_keeps_each_images_largest_changes_inside_the_bounds():
 
 
 class _LinearHead:
-    """A stand-in for the network after the cut: logits = W h, on the flattened activation."""
+    """A stand-in for the network after the cut: penultimate features = the flattened activation,
+    logits = W h."""
 
     def __init__(self, w):
         self.w = w
 
+    def pooled(self, h):
+        return h.flatten(1)
+
+    def linear(self, f):
+        return f @ self.w.T
+
     def logits(self, h):
-        return h.flatten(1) @ self.w.T
+        return self.linear(self.pooled(h))
 
 
 def test_transfer_rewards_one_direction_shared_by_all_images(monkeypatch):
@@ -93,16 +100,32 @@ def test_transfer_rewards_one_direction_shared_by_all_images(monkeypatch):
     sign = torch.sign((scattered.flatten(1) * (w[1] - w[0])).sum(1)).view(8, 1, 1, 1)
     scattered = scattered * sign
     target = torch.tensor([0, 1]).repeat_interleave(8)
-    stats = solution._transfer(_LinearHead(w), h0, torch.cat([agreeing, scattered]), target)
+    stats, landed = solution._transfer(_LinearHead(w), h0, torch.cat([agreeing, scattered]), target)
     assert stats[0] > 5 * stats[1]
+    u0 = torch.nn.functional.normalize(agreeing.flatten(1), dim=1).mean(0)
+    expected = h0.flatten(1) + h0.flatten(1).norm(dim=1, keepdim=True) * u0 / u0.norm()
+    assert torch.allclose(landed[0], expected.mean(0), atol=1e-5)  # where the one norm tried lands them
 
 
 def test_own_margins_average_each_class_over_its_own_images():
     head = _LinearHead(torch.eye(3))  # logits = the activation itself
     h = torch.tensor([[2.0, 0, 0], [4.0, 0, 0], [0, 1.0, 0], [9.0, 0, 0], [0, 0, 9.0]]).view(5, 3, 1, 1)
     labels = torch.tensor([0, 0, 1, -1, 5])  # -1 (data-free) and 5 (out of range) count for no class
-    own = solution.own_margins(head, h, labels, 3, batch=2)
+    feats, y = solution._clean_features(head, h, labels, 3, batch=2)
+    assert y.tolist() == [0, 0, 1]
+    own = solution.own_margins(head, feats, y, 3)
     sp = torch.nn.functional.softplus
     assert own[0] == pytest.approx(float(sp(torch.tensor([2.0, 4.0])).mean()))
     assert own[1] == pytest.approx(float(sp(torch.tensor(1.0))))
     assert own[2] == 0.0  # no image of class 2: divided by 1
+
+
+def test_landing_measures_the_overshoot_beyond_the_class_own_images():
+    feats = torch.tensor([[2.0, 0], [4.0, 0], [0, 3.0], [0, -3.0]])  # mean (1.5, 0)
+    y = torch.tensor([0, 0, 1, 1])
+    landed = torch.tensor([[9.0, 0], [0, 0.75], [5.0, 5.0]])
+    far = solution.landing(landed, feats, y, 3)
+    assert far[0] == pytest.approx(6.0 / 1.5)  # centroid (3, 0): 1.5 from the mean, landed 6 beyond it
+    assert far[1] == pytest.approx(0.5)  # centroid (0, 0), 1.5 from the mean: landed near it
+    assert far[2] == 1.0  # no image of class 2: neutral
+    assert solution.landing(landed, None, None, 3) == [1.0, 1.0, 1.0]  # data-free: neutral
