@@ -28,8 +28,8 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        is easy to reach naturally); it raised the AUROC on CIFAR-10 and the default zoo but added three
        false positives on GTSRB, whose classes have about 3 images each (README, results).
        Off by default (0), HYP['landing'] = a multiplies each class's statistic by landing() ** a: how
-       far its direction lands the pushed images beyond the class's own clean images, in penultimate
-       features.
+       far its direction lands the pushed images from the class's own clean images, in penultimate
+       features, relative to how far both lie from the mean image (a number in [0, 1]).
     3. The K per-class statistics are judged by an exponential null fitted (maximum likelihood, loc =
        min, scale = mean - min) to the K-1 statistics other than the largest; p = 1 - F(max)^K;
        backdoored iff p < P_THRESHOLD, the file's one tuned constant.
@@ -85,7 +85,7 @@ HYP = {
     'statistic': 'transfer', # 'transfer': margins the images' shared direction gives every image; 'margin': the seed's
     'alphas': (0.5, 1.0),    # transfer: the shared direction's norms tried, as shares of each image's activation norm
     'own_norm': False,       # transfer: divide each class's statistic by 1 + its clean images' mean softplus margin
-    'landing': 0.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction overshoots its clean images
+    'landing': 0.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction lands from its clean images
     'lr': 0.1,               # peak AdamW learning rate on the activation
     'lr_final': 0.001,       # cosine decay ends here
     'warmup': 0.1,           # share of steps with linear warm-up
@@ -385,15 +385,25 @@ def own_margins(split, feats, y, num_classes):
 
 
 def landing(landed, feats, y, num_classes):
-    """Per class t: how far its direction lands the images from its own clean images, in units of how
-    far those lie from all the images: |landed_t - centroid_t| / |centroid_t - mean|, in penultimate
-    features (centroid_t: the mean over the folder's images of class t; mean: over all of them). A
-    trigger is a feature of its own, so it overshoots the class's clean images; a naturally easy class's
-    direction is that class's own evidence and lands near them. 1 for a class with no image and in a
-    data-free run (feats None)."""
+    """Per class t: how far its direction lands the pushed images from the class's own clean images,
+    |landed_t - c_t| / (|landed_t - m| + |c_t - m|), in penultimate features, where c_t is the mean
+    over the folder's images of class t and m the mean over all of them. It lies in [0, 1]: near 0 when
+    the images land on the class's own images (a naturally easy class: its direction is that class's
+    own evidence), (s - 1) / (s + 1) when they land s times as far out along the same line, and 0.7 to
+    1 when they land off it, on a feature of their own, as a trigger's do. 1 for a class with no image
+    and in a data-free run (feats None)."""
     out = [1.0] * num_classes
     if feats is None:
         return out
+    with torch.no_grad():
+        mean = feats.mean(0)
+        for t in range(num_classes):
+            own = y == t
+            if own.any():
+                c = feats[own].mean(0)
+                apart = (landed[t] - mean).norm() + (c - mean).norm()
+                out[t] = ((landed[t] - c).norm() / apart.clamp(min=1e-12)).item()
+    return out
     with torch.no_grad():
         mean = feats.mean(0)
         for t in range(num_classes):

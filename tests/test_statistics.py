@@ -120,12 +120,14 @@ def test_own_margins_average_each_class_over_its_own_images():
     assert own[2] == 0.0  # no image of class 2: divided by 1
 
 
-def test_landing_measures_the_overshoot_beyond_the_class_own_images():
-    feats = torch.tensor([[2.0, 0], [4.0, 0], [0, 3.0], [0, -3.0]])  # mean (1.5, 0)
-    y = torch.tensor([0, 0, 1, 1])
-    landed = torch.tensor([[9.0, 0], [0, 0.75], [5.0, 5.0]])
-    far = solution.landing(landed, feats, y, 3)
-    assert far[0] == pytest.approx(6.0 / 1.5)  # centroid (3, 0): 1.5 from the mean, landed 6 beyond it
-    assert far[1] == pytest.approx(0.5)  # centroid (0, 0), 1.5 from the mean: landed near it
+def test_landing_is_small_on_the_class_own_images_and_large_off_them():
+    feats = torch.tensor([[2.0, 0], [4.0, 0], [0, 3.0], [0, -3.0], [-3.0, 0], [-3.0, 0]])  # mean (0, 0)
+    y = torch.tensor([0, 0, 1, 1, 3, 3])
+    landed = torch.tensor([[9.0, 0], [0, 0.5], [5.0, 5.0], [0, 3.0]])
+    far = solution.landing(landed, feats, y, 4)
+    assert far[0] == pytest.approx(6.0 / (9.0 + 3.0))  # 3x as far out on the class's line: (3-1)/(3+1)
+    assert far[1] == pytest.approx(1.0)  # class 1's images centre on the mean: any landing is off them
     assert far[2] == 1.0  # no image of class 2: neutral
-    assert solution.landing(landed, None, None, 3) == [1.0, 1.0, 1.0]  # data-free: neutral
+    assert far[3] == pytest.approx(float(torch.tensor([3.0, 3.0]).norm()) / 6.0)  # off the line: 0.71
+    assert all(0 <= f <= 1 for f in far)
+    assert solution.landing(landed, None, None, 4) == [1.0] * 4  # data-free: neutral
