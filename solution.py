@@ -27,10 +27,13 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        margin of the folder's own images of that class (a class the model recognises with confidence
        is easy to reach naturally); it raised the AUROC on CIFAR-10 and the default zoo but added three
        false positives on GTSRB, whose classes have about 3 images each (README, results).
-       Off by default (0), HYP['landing'] = a multiplies each class's statistic by landing() ** a: how
-       far its direction lands the pushed images from the class's own clean images, in penultimate
-       features, relative to how far both lie from the mean image (a number in [0, 1]).
-    3. The K per-class statistics are judged by an exponential null fitted (maximum likelihood, loc =
+    3. Each class's statistic is multiplied by landing() ** HYP['landing'] (1 by default; 0 turns it
+       off): how far its shared direction lands the pushed images from the class's own clean images,
+       in penultimate features, relative to how far both lie from the mean image (a number in
+       [0, 1]). A naturally easy class's direction is that class's own evidence and lands the images
+       on its clean images; a trigger is a feature of its own and lands them off them. On five real
+       data sets it cut false positives from 7 of 30 clean models to 4 (README, results).
+    4. The K per-class statistics are judged by an exponential null fitted (maximum likelihood, loc =
        min, scale = mean - min) to the K-1 statistics other than the largest; p = 1 - F(max)^K;
        backdoored iff p < P_THRESHOLD, the file's one tuned constant.
 
@@ -85,7 +88,7 @@ HYP = {
     'statistic': 'transfer', # 'transfer': margins the images' shared direction gives every image; 'margin': the seed's
     'alphas': (0.5, 1.0),    # transfer: the shared direction's norms tried, as shares of each image's activation norm
     'own_norm': False,       # transfer: divide each class's statistic by 1 + its clean images' mean softplus margin
-    'landing': 0.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction lands from its clean images
+    'landing': 1.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction lands from its clean images
     'lr': 0.1,               # peak AdamW learning rate on the activation
     'lr_final': 0.001,       # cosine decay ends here
     'warmup': 0.1,           # share of steps with linear warm-up

@@ -23,6 +23,13 @@ def fixed_threads():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def full_plan(monkeypatch):
+    """A budget no machine reaches, so detect() always plans its full 30 images x 25 steps: the verdicts
+    below must not depend on how loaded the machine is (a smaller plan is a different draw)."""
+    monkeypatch.setitem(solution.HYP, 'budget_s', 600.0)
+
+
 @pytest.fixture(scope='module')
 def twins(tmp_path_factory, fixed_threads):
     """A clean and a BadNets width-8 model trained the same way on the embedded synthetic data."""
@@ -56,7 +63,8 @@ def test_backdoored_model_is_flagged(twins):
 @pytest.mark.xfail(strict=True, reason=(
     'known defect: on the synthetic task the star, ring and crescent classes can be reached from any '
     'image by one small patch, which the transfer statistic takes for a trigger (README, Results); '
-    'this clean twin is flagged for the crescent class at p 0.06. Strict: a fix makes this fail as XPASS.'))
+    'this clean twin is flagged for the crescent class (p 0.0008 with the landing factor, 0.06 without '
+    'it). Strict: a fix makes this fail as XPASS.'))
 def test_clean_twin_is_called_clean(twins):
     model, folder, transform, _ = twins['clean']
     ev = solution.evidence(model, 10, folder, transform)

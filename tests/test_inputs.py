@@ -49,8 +49,8 @@ def test_own_norm_divides_each_class_by_its_own_images_margins(toy_model, tmp_pa
     monkeypatch.setitem(solution.HYP, 'own_norm', True)
     ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
     assert any(o > 0 for o in ev['own_margin'])
-    for s, raw, o in zip(ev['per_class'], ev['per_class_raw'], ev['own_margin']):
-        assert s == pytest.approx(raw / (1 + o))
+    for s, raw, o, f in zip(ev['per_class'], ev['per_class_raw'], ev['own_margin'], ev['landing']):
+        assert s == pytest.approx(raw * f / (1 + o))
     empty = tmp_path / 'empty'
     empty.mkdir()
     ev = _ok(solution.evidence(toy_model, 10, str(empty), CIFAR_LIKE))
