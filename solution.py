@@ -407,14 +407,6 @@ def landing(landed, feats, y, num_classes):
                 apart = (landed[t] - mean).norm() + (c - mean).norm()
                 out[t] = ((landed[t] - c).norm() / apart.clamp(min=1e-12)).item()
     return out
-    with torch.no_grad():
-        mean = feats.mean(0)
-        for t in range(num_classes):
-            own = y == t
-            if own.any():
-                c = feats[own].mean(0)
-                out[t] = ((landed[t] - c).norm() / (c - mean).norm().clamp(min=1e-12)).item()
-    return out
 
 
 def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None):
