@@ -374,17 +374,23 @@ def _clean_features(split, h_all, labels, num_classes, batch=64):
         return torch.cat([split.pooled(h[i:i + batch]) for i in range(0, len(y), batch)]), y.to(h_all.device)
 
 
+def _class_means(values, y, num_classes):
+    """Per class, the mean of the rows of values (N, ...) labelled with it (0 for a class with no row),
+    and how many rows each class has."""
+    like = dict(dtype=values.dtype, device=values.device)
+    count = torch.zeros(num_classes, **like).index_add_(0, y, torch.ones(len(y), **like))
+    total = torch.zeros((num_classes,) + values.shape[1:], **like).index_add_(0, y, values)
+    return total / count.clamp(min=1).view(-1, *[1] * (values.dim() - 1)), count
+
+
 def own_margins(split, feats, y, num_classes):
     """Per class: the mean softplus margin the model gives the folder's own clean images of that class,
     from their penultimate features and labels (_clean_features); 0 for a class with no image."""
-    total = torch.zeros(num_classes, dtype=torch.float64)
-    count = torch.zeros(num_classes, dtype=torch.float64)
-    if feats is not None:
-        with torch.no_grad():
-            m = F.softplus(margin(split.linear(feats), y)).double().cpu()
-        total.index_add_(0, y.cpu(), m)
-        count.index_add_(0, y.cpu(), torch.ones_like(m))
-    return (total / count.clamp(min=1)).tolist()
+    if feats is None:
+        return [0.0] * num_classes
+    with torch.no_grad():
+        m = F.softplus(margin(split.linear(feats), y)).double()
+    return _class_means(m, y, num_classes)[0].tolist()
 
 
 def landing(landed, feats, y, num_classes):
@@ -395,18 +401,14 @@ def landing(landed, feats, y, num_classes):
     own evidence), (s - 1) / (s + 1) when they land s times as far out along the same line, and 0.7 to
     1 when they land off it, on a feature of their own, as a trigger's do. 1 for a class with no image
     and in a data-free run (feats None)."""
-    out = [1.0] * num_classes
     if feats is None:
-        return out
+        return [1.0] * num_classes
     with torch.no_grad():
+        c, count = _class_means(feats, y, num_classes)  # (K, F)
         mean = feats.mean(0)
-        for t in range(num_classes):
-            own = y == t
-            if own.any():
-                c = feats[own].mean(0)
-                apart = (landed[t] - mean).norm() + (c - mean).norm()
-                out[t] = ((landed[t] - c).norm() / apart.clamp(min=1e-12)).item()
-    return out
+        apart = (landed - mean).norm(dim=1) + (c - mean).norm(dim=1)
+        far = (landed - c).norm(dim=1) / apart.clamp(min=1e-12)
+        return torch.where(count > 0, far, torch.ones_like(far)).tolist()
 
 
 def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None):
@@ -565,8 +567,10 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         lo, hi = x.amin((0, 2, 3)).view(1, 3, 1, 1), x.amax((0, 2, 3)).view(1, 3, 1, 1)  # pixel range, model units
         with torch.no_grad():
             h_all = split.features(x.to(device))  # (N, C, H, W)
-        factors = HYP['statistic'] == 'transfer' and (HYP['own_norm'] or HYP['landing'] > 0)
-        feats, y = _clean_features(split, h_all, labels, num_classes) if factors and not data_free else (None, None)
+        transfer = HYP['statistic'] == 'transfer'  # the factors below scale the transfer statistic only
+        lands = transfer and HYP['landing'] > 0
+        wants_feats = (lands or transfer and HYP['own_norm']) and not data_free
+        feats, y = _clean_features(split, h_all, labels, num_classes) if wants_feats else (None, None)
         own = own_margins(split, feats, y, num_classes) if HYP['own_norm'] else [0.0] * num_classes
         if HYP['init'] == 'noise':  # start from uniform noise over that range instead of the images
             x = lo + (hi - lo) * torch.rand(x.shape, generator=gen)
@@ -590,7 +594,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             stats += s
             landed.append(where)
         far = [1.0] * num_classes
-        if HYP['landing'] > 0 and HYP['statistic'] == 'transfer':
+        if lands:
             far = [f ** HYP['landing'] for f in landing(torch.cat(landed), feats, y, num_classes)]
     if not all(math.isfinite(v) for v in stats + own + far):
         raise ValueError('the model gives non-finite outputs (NaN or inf) on these images; no test is possible')
