@@ -135,3 +135,27 @@ def test_mnist_style_grayscale_transform(tmp_path, fast):
     model = PreActResNet18(num_classes=10, width=8).eval()
     e = solution.evidence(model, 10, folder, mnist)
     assert len(e['per_class']) == 10 and 0.0 <= e['p_value'] <= 1.0
+
+
+def test_a_chunk_that_overruns_cannot_starve_the_later_ones(toy_model, image_folder, fast, monkeypatch):
+    """Classes are optimised in chunks. If the machine slows down after the plan is made, one chunk may
+    run to its deadline; every later chunk must still be handed time of its own, and none a deadline
+    past the call's budget."""
+    clock = [1000.0]
+    monkeypatch.setattr(solution.time, 'monotonic', lambda: clock[0])
+    monkeypatch.setitem(solution.HYP, 'budget_s', 40.0)
+    monkeypatch.setitem(solution.HYP, 'chunk_elems', 1)  # one class per chunk
+    seen = []
+    real = solution._class_statistics
+
+    def overrunning(split, h0, labels, classes, steps, deadline, bounds=None):
+        seen.append((clock[0], deadline))
+        out = real(split, h0, labels, classes, 1, float('inf'), bounds)
+        clock[0] = deadline + 0.01  # ran slightly past its deadline, as the guard allows
+        return out
+
+    monkeypatch.setattr(solution, '_class_statistics', overrunning)
+    solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert len(seen) == 10
+    assert all(deadline > now + 1.0 for now, deadline in seen)  # each chunk gets seconds of its own
+    assert seen[-1][1] <= 1000.0 + 40.0
