@@ -96,8 +96,10 @@ def _preset_real():
     out = []
     for name, cap in REAL_CAPS.items():
         kw = dict(data=name, width=16, data_kw=dict(n_train=cap))
-        clean = _clean_variants([0, 1], **kw) + [spec(None, 100, **kw)]
+        clean = _clean_variants([0, 1], **kw) + [spec(None, 100, **kw), spec(None, 101, **kw),
+                                                 spec(None, 102, adv='fgsm', **kw)]
         bd = [attack_spec(a, 0, **kw) for a in ATTACKS] + [attack_spec(a, 100, **kw) for a in ('badnets', 'blended')]
+        bd += [attack_spec(a, 101, **kw) for a in ('badnets', 'sig', 'lf', 'trojannn')]  # the held-out split's second batch
         out += _interleave(bd, clean)
     return out
 
