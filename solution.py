@@ -89,6 +89,7 @@ HYP = {
     'alphas': (0.5, 1.0),    # transfer: the shared direction's norms tried, as shares of each image's activation norm
     'own_norm': False,       # transfer: divide each class's statistic by 1 + its clean images' mean softplus margin
     'landing': 1.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction lands from its clean images
+    'log': False,            # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'lr': 0.1,               # peak AdamW learning rate on the activation
     'lr_final': 0.001,       # cosine decay ends here
     'warmup': 0.1,           # share of steps with linear warm-up
@@ -98,7 +99,8 @@ HYP = {
 }
 
 CHOICES = {'mode': ('free', 'universal'), 'init': ('images', 'noise'), 'reduce': ('max', 'mean'),
-           'exclude_own': (False, True), 'statistic': ('transfer', 'margin'), 'own_norm': (True, False)}
+           'exclude_own': (False, True), 'statistic': ('transfer', 'margin'), 'own_norm': (True, False),
+           'log': (False, True)}
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.gif', '.tif', '.tiff', '.webp'}
 
@@ -605,6 +607,8 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         raise ValueError('the model gives non-finite outputs (NaN or inf) on these images; no test is possible')
     raw = stats
     stats = [s * f / (1.0 + o) for s, o, f in zip(stats, own, far)]
+    if transfer and HYP['log']:  # every transfer statistic is >= 0 (a softplus times factors >= 0)
+        stats = [math.log1p(s) for s in stats]
     p = max_p_value(stats)
     target = int(np.argmax(stats))
     loc, scale = exponential_fit([s for i, s in enumerate(stats) if i != target]) if num_classes > 2 else (stats[0], 0.0)
@@ -614,7 +618,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'statistic': stats[target],              # largest per-class statistic
         'target': target,                        # the class it belongs to: the suspected backdoor target
         'per_class': stats,
-        'per_class_raw': raw,                    # before the factors below
+        'per_class_raw': raw,                    # before the factors below (and the log)
         'own_margin': own,                       # per class: its clean images' mean softplus margin (own_norm)
         'landing': far,                          # per class: the factor landing() ** HYP['landing'] (1 when off)
         'null_loc': loc, 'null_scale': scale,

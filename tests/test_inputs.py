@@ -1,4 +1,5 @@
 """Hostile and odd inputs to detect(): each gets a verdict computed safely or a clear error."""
+import math
 import os
 
 import numpy as np
@@ -60,6 +61,7 @@ def test_own_norm_divides_each_class_by_its_own_images_margins(toy_model, tmp_pa
 def test_landing_multiplies_each_class_and_is_neutral_without_labelled_images(toy_model, tmp_path, image_folder,
                                                                                fast, monkeypatch):
     monkeypatch.setitem(solution.HYP, 'landing', 1.0)
+    monkeypatch.setitem(solution.HYP, 'log', False)
     ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
     assert len(set(ev['landing'])) > 1 and all(f >= 0 for f in ev['landing'])
     for s, raw, f in zip(ev['per_class'], ev['per_class_raw'], ev['landing']):
@@ -75,6 +77,20 @@ def test_landing_multiplies_each_class_and_is_neutral_without_labelled_images(to
     empty.mkdir()
     ev = _ok(solution.evidence(toy_model, 10, str(empty), CIFAR_LIKE))
     assert ev['data_free'] and ev['landing'] == [1.0] * 10
+
+
+def test_log_takes_log1p_of_each_class_and_the_test_follows(toy_model, image_folder, fast, monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'log', True)
+    ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
+    product = [raw * f for raw, f in zip(ev['per_class_raw'], ev['landing'])]
+    assert ev['per_class'] == pytest.approx([math.log1p(v) for v in product])
+    assert ev['p_value'] == pytest.approx(solution.max_p_value(ev['per_class']))
+    monkeypatch.setitem(solution.HYP, 'log', False)
+    off = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
+    assert off['per_class'] == pytest.approx(product)
+    monkeypatch.setitem(solution.HYP, 'log', 'yes')
+    with pytest.raises(ValueError, match='log'):
+        solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
 
 
 def test_skips_hidden_non_image_subfolders_and_corrupt_files(toy_model, tmp_path, fast):
