@@ -92,24 +92,34 @@ def _preset_default():
 REAL_CAPS = {'cifar10': 500, 'gtsrb': 120, 'mnist': 500, 'fashion': 500, 'tiny32': 50, 'tiny64': 300}
 
 
+def _data_set_models(make_attack, **kw):
+    """One data set's models: the clean variants and every attack at seed 0 (tuned on), then the held-out
+    split: clean seeds 100-101, an FGSM-trained seed 102, and other seeds of some attacks (other triggers
+    and targets)."""
+    clean = _clean_variants([0, 1], **kw) + [spec(None, 100, **kw), spec(None, 101, **kw),
+                                             spec(None, 102, adv='fgsm', **kw)]
+    bd = [make_attack(a, 0, **kw) for a in ATTACKS] + [make_attack(a, 100, **kw) for a in ('badnets', 'blended')]
+    bd += [make_attack(a, 101, **kw) for a in ('badnets', 'sig', 'lf', 'trojannn')]  # the held-out split's second batch
+    return _interleave(bd, clean)
+
+
 def _preset_real():
     out = []
     for name, cap in REAL_CAPS.items():
-        kw = dict(data=name, width=16, data_kw=dict(n_train=cap))
-        clean = _clean_variants([0, 1], **kw) + [spec(None, 100, **kw), spec(None, 101, **kw),
-                                                 spec(None, 102, adv='fgsm', **kw)]
-        bd = [attack_spec(a, 0, **kw) for a in ATTACKS] + [attack_spec(a, 100, **kw) for a in ('badnets', 'blended')]
-        bd += [attack_spec(a, 101, **kw) for a in ('badnets', 'sig', 'lf', 'trojannn')]  # the held-out split's second batch
-        out += _interleave(bd, clean)
+        out += _data_set_models(attack_spec, data=name, width=16, data_kw=dict(n_train=cap))
     return out
 
 
 def _preset_full():
+    """The contest's full width (64) on every training image, for a GPU: the `real` preset's models with
+    the attacks' own settings, plus a PGD-trained and a heavily trained clean model per data set, and a
+    200-class pair on the embedded data."""
     out = []
-    for name in ('cifar10', 'gtsrb', 'mnist', 'tiny32', 'tiny64'):
+    for name in REAL_CAPS:
         kw = dict(data=name, width=64, epochs=30)
-        out += _clean_variants([0, 1], **kw) + [spec(a, 0, **kw) for a in ATTACKS]
-    return out
+        out += _data_set_models(spec, **kw) + [spec(None, 5, adv='pgd', **kw), spec(None, 6, **dict(kw, epochs=90))]
+    kw = dict(width=64, epochs=30, data_kw=dict(num_classes=200, n_train=100, n_test=10))
+    return out + [attack_spec('badnets', 0, **kw), spec(None, 0, **kw)]
 
 
 PRESETS = {'smoke': _preset_smoke, 'default': _preset_default, 'real': _preset_real, 'full': _preset_full}

@@ -20,6 +20,20 @@ def test_presets_name_known_attacks_and_unique_models():
     assert any(s['train_kw'].get('adv') for s in default)
 
 
+def test_real_and_full_presets_hold_out_part_of_every_data_set():
+    for preset in ('real', 'full'):
+        specs = zoo.PRESETS[preset]()
+        for data in zoo.REAL_CAPS:
+            mine = [s for s in specs if s['data'] == data]
+            held = [s for s in mine if s['seed'] >= zoo.HOLDOUT_SEED]
+            assert {s['attack'] for s in held} == {None, 'badnets', 'blended', 'sig', 'lf', 'trojannn'}, (preset, data)
+            assert {s['attack'] for s in mine if s['seed'] < zoo.HOLDOUT_SEED} >= set(attacks.NAMES), (preset, data)
+    full = zoo.PRESETS['full']()
+    assert {s['width'] for s in full} == {64}  # the contest's width
+    assert {s['train_kw'].get('adv') for s in full} == {None, 'fgsm', 'pgd'}
+    assert max(s['data_kw'].get('num_classes', 0) for s in full) == 200
+
+
 def test_smoke_zoo_is_written_in_contest_format(smoke_zoo):
     index = [json.loads(line) for line in open(os.path.join(smoke_zoo, 'zoo.jsonl'))]
     assert {r['attack'] for r in index} == {'clean', 'badnets'}
