@@ -90,6 +90,7 @@ HYP = {
     'own_norm': False,       # transfer: divide each class's statistic by 1 + its clean images' mean softplus margin
     'landing': 1.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction lands from its clean images
     'log': False,            # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
+    'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
     'lr': 0.1,               # peak AdamW learning rate on the activation
     'lr_final': 0.001,       # cosine decay ends here
     'warmup': 0.1,           # share of steps with linear warm-up
@@ -447,6 +448,8 @@ def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None):
     opt = torch.optim.AdamW([var], lr=HYP['lr'], weight_decay=0.0 if universal else HYP['weight_decay'])
     transfer = HYP['statistic'] == 'transfer'
     best = torch.full((k,), float('-inf'), device=h0.device)  # statistic 'margin': the best over the steps
+    marks = {max(1, round(share * steps)) for share in HYP['snapshots']} if transfer else set()
+    taken, done = [], 0  # transfer: (statistics, landing points) at each mark; steps run so far
     for step in range(steps):
         for g in opt.param_groups:
             g['lr'] = _lr_at(step, steps)
@@ -462,12 +465,17 @@ def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None):
                 var.mul_((radius / norms).clamp(max=1.0).view(-1, 1, 1, 1))
             else:
                 _project(var, start, bounds, area)
+            done = step + 1
+            if done in marks:
+                taken.append(_transfer(split, h0, current() - start, target))
         if time.monotonic() > deadline:
             break
     with torch.no_grad():
         if transfer:
-            stats, landed = _transfer(split, h0, current() - start, target)
-            return stats.tolist(), landed
+            if done not in marks:  # the last state counts when no mark took it (the deadline stopped the loop)
+                taken.append(_transfer(split, h0, current() - start, target))
+            stats = torch.stack([t[0] for t in taken]).mean(0)
+            return stats.tolist(), torch.stack([t[1] for t in taken]).mean(0)
         best = torch.maximum(best, _reduce(margin(split.logits(current()), target).view(k, n), keep))
     return best.tolist(), None
 
@@ -560,6 +568,9 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             raise ValueError(f"HYP['{key}'] is {HYP[key]!r}; choose one of {choices}")
     if not (isinstance(HYP['landing'], (int, float)) and math.isfinite(HYP['landing']) and HYP['landing'] >= 0):
         raise ValueError(f"HYP['landing'] is {HYP['landing']!r}; it is an exponent, a number >= 0 (0 = off)")
+    shares = HYP['snapshots']
+    if not (isinstance(shares, (tuple, list)) and shares and all(isinstance(v, (int, float)) and 0 < v <= 1 for v in shares)):
+        raise ValueError(f"HYP['snapshots'] is {shares!r}; it is a non-empty tuple of shares of the steps, each in (0, 1]")
     with _Isolated(), torch.inference_mode(False), torch.enable_grad():
         gen = torch.Generator().manual_seed(0)
         x, labels, data_free = load_images(test_images_folder_address, transformation, gen)

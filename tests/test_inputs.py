@@ -218,3 +218,10 @@ def test_unknown_setting_value_is_a_value_error(toy_model, image_folder, monkeyp
     monkeypatch.setitem(solution.HYP, 'reduce', 'median')
     with pytest.raises(ValueError, match='reduce'):
         solution.detect(toy_model, 10, image_folder, CIFAR_LIKE)
+
+
+@pytest.mark.parametrize('bad', [(), (0.0,), (1.5,), 0.5, ('1',)])
+def test_snapshots_must_be_shares_of_the_steps(monkeypatch, toy_model, image_folder, bad):
+    monkeypatch.setitem(solution.HYP, 'snapshots', bad)
+    with pytest.raises(ValueError, match='snapshots'):
+        solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)

@@ -131,3 +131,36 @@ def test_landing_is_small_on_the_class_own_images_and_large_off_them():
     assert far[3] == pytest.approx(float(torch.tensor([3.0, 3.0]).norm()) / 6.0)  # off the line: 0.71
     assert all(0 <= f <= 1 for f in far)
     assert solution.landing(landed, None, None, 4) == [1.0] * 4  # data-free: neutral
+
+
+def _count_transfers(monkeypatch):
+    """Replace _transfer by a recorder: the i-th call returns statistics i + 1 and landing points i + 1."""
+    calls = []
+
+    def fake(split, h0, delta, target):
+        calls.append(delta.abs().sum().item())
+        k = len(delta) // len(h0)
+        return torch.full((k,), float(len(calls))), torch.full((k, 3), float(len(calls)))
+    monkeypatch.setattr(solution, '_transfer', fake)
+    return calls
+
+
+def test_snapshots_average_the_transfer_statistic_over_the_marked_steps(monkeypatch):
+    calls = _count_transfers(monkeypatch)
+    monkeypatch.setitem(solution.HYP, 'snapshots', (0.5, 1.0))
+    g = torch.Generator().manual_seed(0)
+    head = _LinearHead(torch.randn(3, 4, generator=g))
+    h0 = torch.randn(2, 4, 1, 1, generator=g)
+    stats, landed = solution._class_statistics(head, h0, torch.tensor([0, 1]), [0, 2], 4, float('inf'))
+    assert len(calls) == 2 and 0 < calls[0] < calls[1]  # after steps 2 and 4; the change keeps growing
+    assert stats == [1.5, 1.5] and landed.tolist() == [[1.5] * 3] * 2  # the mean of the two
+
+
+def test_a_deadline_stop_takes_the_state_reached(monkeypatch):
+    calls = _count_transfers(monkeypatch)
+    monkeypatch.setitem(solution.HYP, 'snapshots', (0.5, 1.0))
+    g = torch.Generator().manual_seed(0)
+    head = _LinearHead(torch.randn(3, 4, generator=g))
+    h0 = torch.randn(2, 4, 1, 1, generator=g)
+    stats, _ = solution._class_statistics(head, h0, torch.tensor([0, 1]), [0, 2], 4, deadline=0.0)
+    assert len(calls) == 1 and stats == [1.0, 1.0]  # one step ran; no mark reached; its state counts
