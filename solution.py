@@ -450,6 +450,9 @@ def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None):
     best = torch.full((k,), float('-inf'), device=h0.device)  # statistic 'margin': the best over the steps
     marks = {max(1, round(share * steps)) for share in HYP['snapshots']} if transfer else set()
     taken, done = [], 0  # transfer: (statistics, landing points) at each mark; steps run so far
+
+    def snapshot():
+        return _transfer(split, h0, current() - start, target)
     for step in range(steps):
         for g in opt.param_groups:
             g['lr'] = _lr_at(step, steps)
@@ -467,15 +470,15 @@ def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None):
                 _project(var, start, bounds, area)
             done = step + 1
             if done in marks:
-                taken.append(_transfer(split, h0, current() - start, target))
+                taken.append(snapshot())
         if time.monotonic() > deadline:
             break
     with torch.no_grad():
         if transfer:
             if done not in marks:  # the last state counts when no mark took it (the deadline stopped the loop)
-                taken.append(_transfer(split, h0, current() - start, target))
-            stats = torch.stack([t[0] for t in taken]).mean(0)
-            return stats.tolist(), torch.stack([t[1] for t in taken]).mean(0)
+                taken.append(snapshot())
+            stats, landed = (torch.stack(v).mean(0) for v in zip(*taken))
+            return stats.tolist(), landed
         best = torch.maximum(best, _reduce(margin(split.logits(current()), target).view(k, n), keep))
     return best.tolist(), None
 

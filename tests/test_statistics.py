@@ -145,22 +145,23 @@ def _count_transfers(monkeypatch):
     return calls
 
 
-def test_snapshots_average_the_transfer_statistic_over_the_marked_steps(monkeypatch):
+def _snapshot_run(monkeypatch, deadline):
+    """Two snapshots (half-way and at the end) of a 4-step run of two classes on a linear head."""
     calls = _count_transfers(monkeypatch)
     monkeypatch.setitem(solution.HYP, 'snapshots', (0.5, 1.0))
     g = torch.Generator().manual_seed(0)
     head = _LinearHead(torch.randn(3, 4, generator=g))
     h0 = torch.randn(2, 4, 1, 1, generator=g)
-    stats, landed = solution._class_statistics(head, h0, torch.tensor([0, 1]), [0, 2], 4, float('inf'))
+    stats, landed = solution._class_statistics(head, h0, torch.tensor([0, 1]), [0, 2], 4, deadline)
+    return calls, stats, landed
+
+
+def test_snapshots_average_the_transfer_statistic_over_the_marked_steps(monkeypatch):
+    calls, stats, landed = _snapshot_run(monkeypatch, float('inf'))
     assert len(calls) == 2 and 0 < calls[0] < calls[1]  # after steps 2 and 4; the change keeps growing
     assert stats == [1.5, 1.5] and landed.tolist() == [[1.5] * 3] * 2  # the mean of the two
 
 
 def test_a_deadline_stop_takes_the_state_reached(monkeypatch):
-    calls = _count_transfers(monkeypatch)
-    monkeypatch.setitem(solution.HYP, 'snapshots', (0.5, 1.0))
-    g = torch.Generator().manual_seed(0)
-    head = _LinearHead(torch.randn(3, 4, generator=g))
-    h0 = torch.randn(2, 4, 1, 1, generator=g)
-    stats, _ = solution._class_statistics(head, h0, torch.tensor([0, 1]), [0, 2], 4, deadline=0.0)
+    calls, stats, _ = _snapshot_run(monkeypatch, 0.0)
     assert len(calls) == 1 and stats == [1.0, 1.0]  # one step ran; no mark reached; its state counts
