@@ -94,15 +94,17 @@ REAL_CAPS = {'cifar10': 500, 'gtsrb': 120, 'mnist': 500, 'fashion': 500, 'tiny32
 
 def _data_set_models(make_attack, **kw):
     """One data set's models: the clean variants and every attack at seed 0 (tuned on), then the held-out
-    split in three batches: clean seeds 100-101, an FGSM-trained seed 102, clean seeds 103-104, and other
-    seeds of some attacks (other triggers and targets)."""
+    split in four batches: clean seeds 100-101, an FGSM-trained seed 102, clean seeds 103-104 and 105-106,
+    and other seeds of some attacks (other triggers and targets)."""
     clean = _clean_variants([0, 1], **kw) + [spec(None, 100, **kw), spec(None, 101, **kw),
                                              spec(None, 102, adv='fgsm', **kw)]
     bd = [make_attack(a, 0, **kw) for a in ATTACKS] + [make_attack(a, 100, **kw) for a in ('badnets', 'blended')]
     bd += [make_attack(a, 101, **kw) for a in ('badnets', 'sig', 'lf', 'trojannn')]
     third = [make_attack('badnets', 103, **kw), spec(None, 103, **kw), make_attack('blended', 103, **kw),
              spec(None, 104, **kw)]
-    return _interleave(bd, clean) + third
+    fourth = [make_attack('sig', 105, **kw), spec(None, 105, **kw), make_attack('trojannn', 105, **kw),
+              spec(None, 106, **kw)]
+    return _interleave(bd, clean) + third + fourth
 
 
 def _preset_real():
