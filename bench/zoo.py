@@ -100,11 +100,11 @@ def _data_set_models(make_attack, **kw):
                                              spec(None, 102, adv='fgsm', **kw)]
     bd = [make_attack(a, 0, **kw) for a in ATTACKS] + [make_attack(a, 100, **kw) for a in ('badnets', 'blended')]
     bd += [make_attack(a, 101, **kw) for a in ('badnets', 'sig', 'lf', 'trojannn')]
-    third = [make_attack('badnets', 103, **kw), spec(None, 103, **kw), make_attack('blended', 103, **kw),
-             spec(None, 104, **kw)]
-    fourth = [make_attack('sig', 105, **kw), spec(None, 105, **kw), make_attack('trojannn', 105, **kw),
-              spec(None, 106, **kw)]
-    return _interleave(bd, clean) + third + fourth
+    out = _interleave(bd, clean)
+    for a, b, seed in (('badnets', 'blended', 103), ('sig', 'trojannn', 105)):  # the third and fourth batches
+        out += [make_attack(a, seed, **kw), spec(None, seed, **kw), make_attack(b, seed, **kw),
+                spec(None, seed + 1, **kw)]
+    return out
 
 
 def _preset_real():
