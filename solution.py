@@ -34,12 +34,19 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        on its clean images; a trigger is a feature of its own and lands them off them. On five real
        data sets it cut false positives from 7 of 30 clean models to 4 (README, results).
     4. The K per-class statistics are judged by an exponential null fitted (maximum likelihood, loc =
-       min, scale = mean - min) to the K-1 statistics other than the largest; p = 1 - F(max)^K;
-       backdoored iff p < P_THRESHOLD, the file's one tuned constant.
+       min, scale = mean - min) to the K-1 statistics other than the largest; p = 1 - F(max)^K.
+    5. HYP['contrast'] (on): steps 1-3 run a second time with no area limit and no value bounds (a
+       dense pass), and a second set of statistics, contrast(), asks which class is much easier to
+       reach with a dense change than with a patch. A clean-label trigger spread over the whole image
+       (SIG's sinusoid) makes its target the class *hardest* to reach with a patch and among the easiest
+       densely; a naturally easy class is easy both ways. Both sets go through step 4, and the model is
+       backdoored iff 1 - (1 - min(p_patch, p_contrast))^2 < P_THRESHOLD (Sidak's correction for taking
+       the smaller of two p-values), the file's one tuned constant.
 
 Time: detect() keeps a wall-clock budget (HYP['budget_s'], 40 s) on any hardware. It times one
 optimisation step, then picks the number of images and steps from a fixed ladder so that the whole
-run fits; on a GPU the full setting fits easily, on a 2-core CPU it is scaled down.
+run (both passes, each given half of the time) fits; on a GPU the full setting fits easily, on a
+2-core CPU it is scaled down.
 
 Side effects: none. The caller's model is deep-copied (parameters, buffers, training flag, device and
 requires_grad flags stay as they were), the transformation is only called, the global RNG states
@@ -91,6 +98,7 @@ HYP = {
     'landing': 1.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction lands from its clean images
     'log': False,            # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
+    'contrast': True,        # a second, dense pass (area 0), and contrast() of the two tested too (_contrasted: needs an area, 'transfer')
     'lr': 0.1,               # peak AdamW learning rate on the activation
     'lr_final': 0.001,       # cosine decay ends here
     'warmup': 0.1,           # share of steps with linear warm-up
@@ -101,7 +109,7 @@ HYP = {
 
 CHOICES = {'mode': ('free', 'universal'), 'init': ('images', 'noise'), 'reduce': ('max', 'mean'),
            'exclude_own': (False, True), 'statistic': ('transfer', 'margin'), 'own_norm': (True, False),
-           'log': (False, True)}
+           'log': (False, True), 'contrast': (False, True)}
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.gif', '.tif', '.tiff', '.webp'}
 
@@ -331,6 +339,12 @@ def _area():
     return HYP['area'] if HYP['mode'] == 'free' and 0 < HYP['area'] < 1 else 0
 
 
+def _contrasted():
+    """Whether the dense pass and contrast() run: HYP['contrast'], and only where there is a patch
+    pass to contrast with (free mode with an area) and its statistics are >= 0 ('transfer')."""
+    return HYP['contrast'] and bool(_area()) and HYP['statistic'] == 'transfer'
+
+
 def _project(var, start, bounds, area):
     """In place, after an optimisation step: values back inside `bounds` (if any), then, with an
     `area`, each image keeps its change only at that share of positions where the change (L2 over
@@ -414,11 +428,11 @@ def landing(landed, feats, y, num_classes):
         return torch.where(count > 0, far, torch.ones_like(far)).tolist()
 
 
-def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None):
+def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None, area=None):
     """For each class in `classes`, push the n activations h0 (n, C, H, W) towards it; its statistic.
 
     mode 'free': every image's activation is its own free variable (the seed method), changed at most
-    at HYP['area'] of its positions. mode 'universal': one shift per class, shared by all images, of
+    at `area` of its positions (None: HYP['area']; 0: all). mode 'universal': one shift per class, shared by all images, of
     L2 norm at most eps times the images' mean activation norm.
     statistic 'margin': the largest margin reached (_reduce over the images, best over the steps).
     statistic 'transfer': see _transfer; a backdoor trigger is one change that works for every image,
@@ -431,7 +445,7 @@ def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None):
         keep[~keep.any(1)] = True
     start = h0.repeat(k, 1, 1, 1)  # (k*n, C, H, W): the clean activations, one copy per class
     universal = HYP['mode'] == 'universal'
-    area = _area()
+    area = _area() if area is None else area
     if universal:
         var = torch.zeros((k,) + h0.shape[1:], device=h0.device, requires_grad=True)  # (k, C, H, W)
         radius = HYP['eps'] * h0.flatten(1).norm(dim=1).mean()
@@ -601,44 +615,79 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             bounds = a_lo - HYP['widen'] * (a_hi - a_lo), a_hi + HYP['widen'] * (a_hi - a_lo)
         else:
             bounds = None
-        n, steps = _plan(split, h_all, num_classes, chunk, 0.7 * (deadline - time.monotonic()), bounds)  # 30% slack
+        contrasted = _contrasted()
+        passes = [(_area(), bounds)] + ([(0.0, None)] if contrasted else [])  # (area, bounds): patch, dense
+        n, steps = _plan(split, h_all, num_classes, chunk, 0.7 * (deadline - time.monotonic()) / len(passes), bounds)  # 30% slack
         chosen = _balanced_indices(labels, n)
         h0, l0 = h_all[chosen], labels[chosen]
-        stats, landed = [], []
-        firsts = range(0, num_classes, chunk)
         t0 = time.monotonic()
-        for i, c in enumerate(firsts):
-            # chunk i stops at its mark, (i + 1) / chunks of the remaining budget: a slow chunk (the machine
-            # got busier after the plan was made) cannot leave the later classes a step each
-            mark = t0 + (deadline - t0) * (i + 1) / len(firsts)
-            s, where = _class_statistics(split, h0, l0, list(range(c, min(num_classes, c + chunk))), steps, mark, bounds)
-            stats += s
-            landed.append(where)
-        far = [1.0] * num_classes
-        if lands:
-            far = [f ** HYP['landing'] for f in landing(torch.cat(landed), feats, y, num_classes)]
-    if not all(math.isfinite(v) for v in stats + own + far):
+        runs = []  # per pass: (raw statistics, landing factors)
+        for j, (area, pass_bounds) in enumerate(passes):
+            end = t0 + (deadline - t0) * (j + 1) / len(passes)
+            stats, landed = _every_class(split, h0, l0, num_classes, chunk, steps, end, pass_bounds, area)
+            far = [1.0] * num_classes
+            if lands:
+                far = [f ** HYP['landing'] for f in landing(torch.cat(landed), feats, y, num_classes)]
+            runs.append((stats, far))
+    if not all(math.isfinite(v) for stats, far in runs for v in stats + far + own):
         raise ValueError('the model gives non-finite outputs (NaN or inf) on these images; no test is possible')
-    raw = stats
-    stats = [s * f / (1.0 + o) for s, o, f in zip(stats, own, far)]
-    if transfer and HYP['log']:  # every transfer statistic is >= 0 (a softplus times factors >= 0)
-        stats = [math.log1p(s) for s in stats]
-    p = max_p_value(stats)
-    target = int(np.argmax(stats))
-    loc, scale = exponential_fit([s for i, s in enumerate(stats) if i != target]) if num_classes > 2 else (stats[0], 0.0)
+    finals = []
+    for stats, far in runs:
+        stats = [s * f / (1.0 + o) for s, o, f in zip(stats, own, far)]
+        if transfer and HYP['log']:  # every transfer statistic is >= 0 (a softplus times factors >= 0)
+            stats = [math.log1p(s) for s in stats]
+        finals.append(stats)
+    raw, far = runs[0]
+    stats = judged = finals[0]
+    p = p_patch = max_p_value(stats)
+    dense = per_contrast = None
+    if contrasted:
+        dense, per_contrast = finals[1], contrast(finals[0], finals[1])
+        p_contrast = max_p_value(per_contrast)
+        if p_contrast < p_patch:  # the contrast's largest class is the suspect
+            judged = per_contrast
+        p = 1 - (1 - min(p_patch, p_contrast)) ** 2  # Sidak: the smaller of two p-values
+    target = int(np.argmax(judged))
+    loc, scale = exponential_fit([s for i, s in enumerate(judged) if i != target]) if num_classes > 2 else (judged[0], 0.0)
     return {
         'verdict': 0 if p < P_THRESHOLD else 1,  # 0 backdoored, 1 clean
         'p_value': p,
-        'statistic': stats[target],              # largest per-class statistic
+        'statistic': judged[target],             # the largest statistic of the test with the smaller p-value
         'target': target,                        # the class it belongs to: the suspected backdoor target
-        'per_class': stats,
+        'per_class': stats,                      # the patch pass's statistics (steps 1-3)
         'per_class_raw': raw,                    # before the factors below (and the log)
         'own_margin': own,                       # per class: its clean images' mean softplus margin (own_norm)
         'landing': far,                          # per class: the factor landing() ** HYP['landing'] (1 when off)
-        'null_loc': loc, 'null_scale': scale,
+        'p_patch': p_patch,                      # the patch pass's own p-value (= p_value without the contrast)
+        'per_class_dense': dense,                # contrast: the dense pass's statistics (None when off)
+        'per_class_contrast': per_contrast,      # contrast: contrast() of the two passes (None when off)
+        'null_loc': loc, 'null_scale': scale,    # the null fitted to that test's other statistics
         'images': int(len(h0)), 'steps': steps, 'data_free': data_free,
         'seconds': time.monotonic() - start, 'device': str(device),
     }
+
+
+def _every_class(split, h0, labels, num_classes, chunk, steps, end, bounds, area):
+    """Statistics of all classes, `chunk` classes at a time, and where each class's direction lands
+    (a list of (chunk, F) tensors; None entries for the 'margin' statistic). Chunk i stops at its mark,
+    (i + 1) / chunks of the time left until `end`: a slow chunk (the machine got busier after the plan
+    was made) cannot leave the later classes a step each."""
+    stats, landed = [], []
+    firsts = range(0, num_classes, chunk)
+    t0 = time.monotonic()
+    for i, c in enumerate(firsts):
+        mark = t0 + (end - t0) * (i + 1) / len(firsts)
+        s, where = _class_statistics(split, h0, labels, list(range(c, min(num_classes, c + chunk))), steps, mark, bounds, area)
+        stats += s
+        landed.append(where)
+    return stats, landed
+
+
+def contrast(patch, dense):
+    """Per class: how much more reachable it is with a dense change than with a patch,
+    D~ / (P~ + 1), where each pass's statistics are divided by their mean over the classes."""
+    mp, md = (max(sum(v) / len(v), 1e-12) for v in (patch, dense))
+    return [(d / md) / (p / mp + 1) for p, d in zip(patch, dense)]
 
 
 def _balanced_indices(labels, n):

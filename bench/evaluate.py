@@ -93,6 +93,8 @@ def run_one(detector, folder, meta, explain_dir=None, detector_name='solution'):
     row['peak_mib'] = mem.mib
     row.update(verdict=int(ev['verdict']), p_value=ev.get('p_value'), statistic=ev.get('statistic'),
                target=ev.get('target'), per_class=ev.get('per_class'), explain=None,
+               p_patch=ev.get('p_patch'), per_class_dense=ev.get('per_class_dense'),  # solution's two tests
+               per_class_contrast=ev.get('per_class_contrast'),
                plan=f'{ev["images"]}x{ev["steps"]}' if 'steps' in ev else None)  # solution's images x steps
     if explain_dir and row['verdict'] != row['truth'] and row['truth'] in (0, 1):
         truth = {0: 'backdoored', 1: 'clean'}[row['truth']]

@@ -5,6 +5,7 @@ import random
 import sys
 
 import numpy as np
+import pytest
 import torch
 import torchvision.transforms as T
 
@@ -145,12 +146,13 @@ def test_a_chunk_that_overruns_cannot_starve_the_later_ones(toy_model, image_fol
     monkeypatch.setattr(solution.time, 'monotonic', lambda: clock[0])
     monkeypatch.setitem(solution.HYP, 'budget_s', 40.0)
     monkeypatch.setitem(solution.HYP, 'chunk_elems', 1)  # one class per chunk
+    monkeypatch.setitem(solution.HYP, 'contrast', False)  # one pass (the next test has two)
     seen = []
     real = solution._class_statistics
 
-    def overrunning(split, h0, labels, classes, steps, deadline, bounds=None):
+    def overrunning(split, h0, labels, classes, steps, deadline, bounds=None, area=None):
         seen.append((clock[0], deadline))
-        out = real(split, h0, labels, classes, 1, float('inf'), bounds)
+        out = real(split, h0, labels, classes, 1, float('inf'), bounds, area)
         clock[0] = deadline + 0.01  # ran slightly past its deadline, as the guard allows
         return out
 
@@ -159,3 +161,31 @@ def test_a_chunk_that_overruns_cannot_starve_the_later_ones(toy_model, image_fol
     assert len(seen) == 10
     assert all(deadline > now + 1.0 for now, deadline in seen)  # each chunk gets seconds of its own
     assert seen[-1][1] <= 1000.0 + 40.0
+
+
+def test_the_contrast_runs_a_patch_pass_then_a_dense_pass_inside_one_budget(toy_model, image_folder, fast, monkeypatch):
+    """With the contrast on, every class is optimised twice: first with the area limit and the value
+    bounds, then densely with neither. Each pass gets its share of the one budget, and the verdict
+    comes from the smaller of the two p-values, Sidak-corrected."""
+    clock = [1000.0]
+    monkeypatch.setattr(solution.time, 'monotonic', lambda: clock[0])
+    monkeypatch.setitem(solution.HYP, 'budget_s', 40.0)
+    monkeypatch.setitem(solution.HYP, 'chunk_elems', 1)  # one class per chunk
+    monkeypatch.setitem(solution.HYP, 'contrast', True)
+    seen = []
+    real = solution._class_statistics
+
+    def overrunning(split, h0, labels, classes, steps, deadline, bounds=None, area=None):
+        seen.append((deadline, area, bounds is None))
+        out = real(split, h0, labels, classes, 1, float('inf'), bounds, area)
+        clock[0] = deadline + 0.01  # every chunk runs to its deadline
+        return out
+
+    monkeypatch.setattr(solution, '_class_statistics', overrunning)
+    e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert [(area, free) for _, area, free in seen] == [(solution.HYP['area'], False)] * 10 + [(0.0, True)] * 10
+    assert seen[9][0] <= 1000.0 + 20.0 + 0.1 < seen[10][0]  # the patch pass stops at about half the budget
+    assert seen[-1][0] <= 1000.0 + 40.0
+    assert len(e['per_class_dense']) == len(e['per_class_contrast']) == 10
+    p_contrast = solution.max_p_value(e['per_class_contrast'])
+    assert e['p_value'] == pytest.approx(1 - (1 - min(e['p_patch'], p_contrast)) ** 2)

@@ -84,7 +84,7 @@ def test_log_takes_log1p_of_each_class_and_the_test_follows(toy_model, image_fol
     ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
     product = [raw * f for raw, f in zip(ev['per_class_raw'], ev['landing'])]
     assert ev['per_class'] == pytest.approx([math.log1p(v) for v in product])
-    assert ev['p_value'] == pytest.approx(solution.max_p_value(ev['per_class']))
+    assert ev['p_patch'] == pytest.approx(solution.max_p_value(ev['per_class']))
     monkeypatch.setitem(solution.HYP, 'log', False)
     off = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
     assert off['per_class'] == pytest.approx(product)
@@ -225,3 +225,14 @@ def test_snapshots_must_be_shares_of_the_steps(monkeypatch, toy_model, image_fol
     monkeypatch.setitem(solution.HYP, 'snapshots', bad)
     with pytest.raises(ValueError, match='snapshots'):
         solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+
+
+@pytest.mark.parametrize('setting', [('area', 0.0), ('mode', 'universal'), ('statistic', 'margin')])
+def test_without_a_patch_pass_the_contrast_is_skipped(monkeypatch, toy_model, image_folder, fast, setting):
+    """The contrast compares a patch pass with a dense one; with no area limit (or in universal mode)
+    there is no patch pass, and the 'margin' statistic can be negative: one pass, its own p-value."""
+    monkeypatch.setitem(solution.HYP, 'contrast', True)
+    monkeypatch.setitem(solution.HYP, *setting)
+    e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert e['per_class_dense'] is None and e['per_class_contrast'] is None
+    assert e['p_value'] == e['p_patch'] == solution.max_p_value(e['per_class'])

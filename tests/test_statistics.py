@@ -165,3 +165,17 @@ def test_snapshots_average_the_transfer_statistic_over_the_marked_steps(monkeypa
 def test_a_deadline_stop_takes_the_state_reached(monkeypatch):
     calls, stats, _ = _snapshot_run(monkeypatch, 0.0)
     assert len(calls) == 1 and stats == [1.0, 1.0]  # one step ran; no mark reached; its state counts
+
+
+def test_contrast_lifts_a_class_reachable_densely_but_not_with_a_patch():
+    patch = [4.0, 3.0, 0.05, 5.0, 4.0]  # class 2: the hardest to reach with a patch...
+    dense = [4.0, 3.0, 6.0, 5.0, 4.0]   # ...and the easiest with a dense change
+    c = solution.contrast(patch, dense)
+    assert max(range(5), key=c.__getitem__) == 2
+    assert solution.max_p_value(c) < solution.max_p_value(dense)  # an outlier only in the contrast
+    # a class easy both ways (a naturally easy class) stands out less in the contrast than in either pass
+    both = [1.0, 1.5, 8.0, 0.8, 2.0]
+    assert solution.max_p_value(solution.contrast(both, both)) > 100 * solution.max_p_value(both)
+    # each pass's overall scale cancels: only the classes' standing within a pass matters
+    assert solution.contrast([2 * p for p in patch], [10 * d for d in dense]) == pytest.approx(c)
+    assert solution.contrast([0.0] * 3, [0.0] * 3) == [0.0] * 3  # all zero: no division by zero
