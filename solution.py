@@ -641,18 +641,20 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     stats = judged = finals[0]
     p = p_patch = max_p_value(stats)
     dense = per_contrast = None
+    test = 'patch'
     if contrasted:
         dense, per_contrast = finals[1], contrast(finals[0], finals[1])
         p_contrast = max_p_value(per_contrast)
         if p_contrast < p_patch:  # the contrast's largest class is the suspect
-            judged = per_contrast
+            judged, test = per_contrast, 'contrast'
         p = 1 - (1 - min(p_patch, p_contrast)) ** 2  # Sidak: the smaller of two p-values
     target = int(np.argmax(judged))
     loc, scale = exponential_fit([s for i, s in enumerate(judged) if i != target]) if num_classes > 2 else (judged[0], 0.0)
     return {
         'verdict': 0 if p < P_THRESHOLD else 1,  # 0 backdoored, 1 clean
         'p_value': p,
-        'statistic': judged[target],             # the largest statistic of the test with the smaller p-value
+        'judged': test,                          # the test with the smaller p-value: 'patch' (per_class) or 'contrast'
+        'statistic': judged[target],             # that test's largest statistic
         'target': target,                        # the class it belongs to: the suspected backdoor target
         'per_class': stats,                      # the patch pass's statistics (steps 1-3)
         'per_class_raw': raw,                    # before the factors below (and the log)

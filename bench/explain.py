@@ -59,12 +59,14 @@ def render(ev, model, images_folder, transformation, path, title):
     except ImportError:
         print(f'matplotlib not installed: no picture written to {path}')
         return None
-    stats = [float(v) for v in ev['per_class']]
+    judged = ev.get('judged', 'patch')  # solution's two tests: the picture shows the one that decided
+    stats = [float(v) for v in ev['per_class_contrast' if judged == 'contrast' else 'per_class']]
     target = int(ev['target'])
     fig, axes = plt.subplots(1, 5, figsize=(17, 3.6), gridspec_kw={'width_ratios': [2, 2, 1, 1, 1]})
     ax = axes[0]
     ax.bar(range(len(stats)), stats, color=['tab:red' if i == target else 'tab:blue' for i in range(len(stats))])
-    ax.set(xlabel='class', ylabel='statistic', title=f'per-class statistics, suspected target {target}')
+    name = 'contrast' if judged == 'contrast' else 'statistics'
+    ax.set(xlabel='class', ylabel='statistic', title=f'per-class {name}, suspected target {target}')
 
     ax = axes[1]
     others = torch.tensor([s for i, s in enumerate(stats) if i != target])

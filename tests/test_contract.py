@@ -189,3 +189,6 @@ def test_the_contrast_runs_a_patch_pass_then_a_dense_pass_inside_one_budget(toy_
     assert len(e['per_class_dense']) == len(e['per_class_contrast']) == 10
     p_contrast = solution.max_p_value(e['per_class_contrast'])
     assert e['p_value'] == pytest.approx(1 - (1 - min(e['p_patch'], p_contrast)) ** 2)
+    judged = e['per_class_contrast'] if p_contrast < e['p_patch'] else e['per_class']  # the test that decided
+    assert e['judged'] == ('contrast' if p_contrast < e['p_patch'] else 'patch')
+    assert e['statistic'] == max(judged) and e['target'] == judged.index(max(judged))
