@@ -46,7 +46,9 @@ Method (shared-direction transfer in feature space, grown from the seed method o
 Time: detect() keeps a wall-clock budget (HYP['budget_s'], 40 s) on any hardware. It times one
 optimisation step, then picks the number of images and steps from a fixed ladder so that the whole
 run (both passes, each given half of the time) fits; on a GPU the full setting fits easily, on a
-2-core CPU it is scaled down.
+2-core CPU it is scaled down. Where half the time would leave each pass a plan of fewer than
+HYP['contrast_plan'] images x steps per class (full-width 100-class or 64 px models on a 2-core CPU),
+the patch pass runs alone with all of it, as with the contrast off.
 
 Side effects: none. The caller's model is deep-copied (parameters, buffers, training flag, device and
 requires_grad flags stay as they were), the transformation is only called, the global RNG states
@@ -99,6 +101,7 @@ HYP = {
     'log': False,            # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
     'contrast': True,        # a second, dense pass (area 0), and contrast() of the two tested too (_contrasted: needs an area, 'transfer')
+    'contrast_plan': 30,     # contrast: only when each pass's plan has at least this many images x steps per class (2 x 15, the least the README measured), else the patch pass alone
     'lr': 0.1,               # peak AdamW learning rate on the activation
     'lr_final': 0.001,       # cosine decay ends here
     'warmup': 0.1,           # share of steps with linear warm-up
@@ -618,6 +621,9 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         contrasted = _contrasted()
         passes = [(_area(), bounds)] + ([(0.0, None)] if contrasted else [])  # (area, bounds): patch, dense
         n, steps = _plan(split, h_all, num_classes, chunk, 0.7 * (deadline - time.monotonic()) / len(passes), bounds)  # 30% slack
+        if contrasted and n * steps < HYP['contrast_plan']:  # two passes would starve both: the patch pass alone, with all the time
+            contrasted, passes = False, passes[:1]
+            n, steps = _plan(split, h_all, num_classes, chunk, 0.7 * (deadline - time.monotonic()), bounds)
         chosen = _balanced_indices(labels, n)
         h0, l0 = h_all[chosen], labels[chosen]
         t0 = time.monotonic()

@@ -192,3 +192,39 @@ def test_the_contrast_runs_a_patch_pass_then_a_dense_pass_inside_one_budget(toy_
     judged = e['per_class_contrast'] if p_contrast < e['p_patch'] else e['per_class']  # the test that decided
     assert e['judged'] == ('contrast' if p_contrast < e['p_patch'] else 'patch')
     assert e['statistic'] == max(judged) and e['target'] == judged.index(max(judged))
+
+
+def test_when_two_passes_would_starve_the_patch_pass_runs_alone_with_the_whole_budget(toy_model, image_folder, fast, monkeypatch):
+    """A plan of fewer than HYP['contrast_plan'] images x steps per class for each of two passes (a
+    full-width 100-class model on a small CPU) drops the dense pass: the patch pass is planned again with all the
+    time, and the model is judged by its p-value alone."""
+    monkeypatch.setattr(solution.time, 'monotonic', lambda: 1000.0)  # the budget never runs down
+    monkeypatch.setitem(solution.HYP, 'budget_s', 40.0)
+    monkeypatch.setitem(solution.HYP, 'contrast', True)
+    monkeypatch.setitem(solution.HYP, 'contrast_plan', 12)
+    asked = []
+
+    def plan(split, h_all, num_classes, chunk, seconds, bounds):
+        asked.append(seconds)
+        return 2, (4 if seconds < 20 else 8)  # half the time affords 2 x 4, all of it 2 x 8
+
+    monkeypatch.setattr(solution, '_plan', plan)
+    areas = []
+    real = solution._class_statistics
+
+    def recording(split, h0, labels, classes, steps, deadline, bounds=None, area=None):
+        areas.append(area)
+        return real(split, h0, labels, classes, steps, deadline, bounds, area)
+
+    monkeypatch.setattr(solution, '_class_statistics', recording)
+    e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert asked == [pytest.approx(0.7 * 40 / 2), pytest.approx(0.7 * 40)]
+    assert e['steps'] == 8 and e['per_class_dense'] is None and e['judged'] == 'patch'
+    assert set(areas) == {solution.HYP['area']}  # no dense pass ran
+    assert e['p_value'] == e['p_patch'] == solution.max_p_value(e['per_class'])
+
+    monkeypatch.setitem(solution.HYP, 'contrast_plan', 8)  # 2 x 4 each is enough: both passes run
+    asked.clear()
+    e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert asked == [pytest.approx(0.7 * 40 / 2)] and e['steps'] == 4
+    assert len(e['per_class_dense']) == 10
