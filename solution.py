@@ -500,11 +500,9 @@ def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None, 
     return best.tolist(), None
 
 
-def _plan(split, h_all, num_classes, chunk, seconds, bounds):
-    """Images and steps per class that fit `seconds`, from a fixed ladder (coarse, so a run repeats).
-
-    Times two optimisation steps of a real-size batch, projection included (the first step pays for
-    lazy initialisation)."""
+def _step_seconds(split, h_all, num_classes, chunk, bounds):
+    """Seconds per image per optimisation step, timed on two steps of a real-size batch, projection
+    included (the first step pays for lazy initialisation)."""
     n_max = min(HYP['images'], len(h_all))
     reps = max(1, min(chunk, num_classes, HYP['probe_images'] // n_max))  # a real-size batch, capped in cost
     start = h_all[:n_max].repeat(reps, 1, 1, 1)
@@ -522,7 +520,14 @@ def _plan(split, h_all, num_classes, chunk, seconds, bounds):
         if h_all.is_cuda:
             torch.cuda.synchronize()
         per_image_step = (time.monotonic() - t0) / len(var)
-    affordable = seconds / max(per_image_step, 1e-9) / num_classes  # image-steps per class
+    return per_image_step
+
+
+def _plan(step_seconds, seconds, num_classes, n_images):
+    """Images and steps per class that fit `seconds` at `step_seconds` per image and step, from a
+    fixed ladder (coarse, so a run repeats)."""
+    n_max = min(HYP['images'], n_images)
+    affordable = seconds / max(step_seconds, 1e-9) / num_classes  # image-steps per class
     for share in (1, 0.6, 0.4, 0.25, 0.1, 0.05):
         steps = max(HYP['min_steps'], round(share * HYP['steps']))
         for n in (n_max, 12, 8, 4, 2):
@@ -618,12 +623,14 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             bounds = a_lo - HYP['widen'] * (a_hi - a_lo), a_hi + HYP['widen'] * (a_hi - a_lo)
         else:
             bounds = None
+        step_s = _step_seconds(split, h_all, num_classes, chunk, bounds)
         contrasted = _contrasted()
+        if contrasted:  # two passes, each planned with half the time (30% slack); below contrast_plan both would starve
+            n, steps = _plan(step_s, 0.7 * (deadline - time.monotonic()) / 2, num_classes, len(h_all))
+            contrasted = n * steps >= HYP['contrast_plan']
+        if not contrasted:  # the patch pass alone, with all the time
+            n, steps = _plan(step_s, 0.7 * (deadline - time.monotonic()), num_classes, len(h_all))
         passes = [(_area(), bounds)] + ([(0.0, None)] if contrasted else [])  # (area, bounds): patch, dense
-        n, steps = _plan(split, h_all, num_classes, chunk, 0.7 * (deadline - time.monotonic()) / len(passes), bounds)  # 30% slack
-        if contrasted and n * steps < HYP['contrast_plan']:  # two passes would starve both: the patch pass alone, with all the time
-            contrasted, passes = False, passes[:1]
-            n, steps = _plan(split, h_all, num_classes, chunk, 0.7 * (deadline - time.monotonic()), bounds)
         chosen = _balanced_indices(labels, n)
         h0, l0 = h_all[chosen], labels[chosen]
         t0 = time.monotonic()

@@ -59,13 +59,13 @@ def render(ev, model, images_folder, transformation, path, title):
     except ImportError:
         print(f'matplotlib not installed: no picture written to {path}')
         return None
-    judged = ev.get('judged', 'patch')  # solution's two tests: the picture shows the one that decided
-    stats = [float(v) for v in ev['per_class_contrast' if judged == 'contrast' else 'per_class']]
+    by_contrast = ev.get('judged') == 'contrast'  # solution's two tests: the picture shows the one that decided
+    stats = [float(v) for v in ev['per_class_contrast' if by_contrast else 'per_class']]
     target = int(ev['target'])
     fig, axes = plt.subplots(1, 5, figsize=(17, 3.6), gridspec_kw={'width_ratios': [2, 2, 1, 1, 1]})
     ax = axes[0]
     ax.bar(range(len(stats)), stats, color=['tab:red' if i == target else 'tab:blue' for i in range(len(stats))])
-    name = 'contrast' if judged == 'contrast' else 'statistics'
+    name = 'contrast' if by_contrast else 'statistics'
     ax.set(xlabel='class', ylabel='statistic', title=f'per-class {name}, suspected target {target}')
 
     ax = axes[1]

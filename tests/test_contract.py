@@ -202,13 +202,14 @@ def test_when_two_passes_would_starve_the_patch_pass_runs_alone_with_the_whole_b
     monkeypatch.setitem(solution.HYP, 'budget_s', 40.0)
     monkeypatch.setitem(solution.HYP, 'contrast', True)
     monkeypatch.setitem(solution.HYP, 'contrast_plan', 12)
-    asked = []
+    asked, probes = [], []
 
-    def plan(split, h_all, num_classes, chunk, seconds, bounds):
+    def plan(step_seconds, seconds, num_classes, n_images):
         asked.append(seconds)
         return 2, (4 if seconds < 20 else 8)  # half the time affords 2 x 4, all of it 2 x 8
 
     monkeypatch.setattr(solution, '_plan', plan)
+    monkeypatch.setattr(solution, '_step_seconds', lambda *a: probes.append(a) or 0.01)
     areas = []
     real = solution._class_statistics
 
@@ -219,6 +220,7 @@ def test_when_two_passes_would_starve_the_patch_pass_runs_alone_with_the_whole_b
     monkeypatch.setattr(solution, '_class_statistics', recording)
     e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
     assert asked == [pytest.approx(0.7 * 40 / 2), pytest.approx(0.7 * 40)]
+    assert len(probes) == 1  # the speed is timed once, for both plans
     assert e['steps'] == 8 and e['per_class_dense'] is None and e['judged'] == 'patch'
     assert set(areas) == {solution.HYP['area']}  # no dense pass ran
     assert e['p_value'] == e['p_patch'] == solution.max_p_value(e['per_class'])
