@@ -37,9 +37,12 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        min, scale = mean - min) to the K-1 statistics other than the largest; p = 1 - F(max)^K.
     5. HYP['contrast'] (on): steps 1-3 run a second time with no area limit and no value bounds (a
        dense pass), and a second set of statistics, contrast(), asks which class is much easier to
-       reach with a dense change than with a patch. A clean-label trigger spread over the whole image
-       (SIG's sinusoid) makes its target the class *hardest* to reach with a patch and among the easiest
-       densely; a naturally easy class is easy both ways. Both sets go through step 4, and the model is
+       reach with a dense change than with a patch: D~ / (P~ + 1) ** 2, each pass divided by its mean
+       over the classes. A clean-label trigger spread over the whole image (SIG's sinusoid) makes its
+       target the class *hardest* to reach with a patch and among the easiest densely; a naturally easy
+       class, and the class a dense change reaches best in an adversarially trained model, are
+       often easy with a patch too, and the square (HYP['contrast_power']) discounts them more than
+       the plain ratio did. Both sets go through step 4, and the model is
        backdoored iff 1 - (1 - min(p_patch, p_contrast))^2 < P_THRESHOLD (Sidak's correction for taking
        the smaller of two p-values), the file's one tuned constant.
 
@@ -101,6 +104,7 @@ HYP = {
     'log': False,            # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
     'contrast': True,        # a second, dense pass (area 0), and contrast() of the two tested too (_contrasted: needs an area, 'transfer')
+    'contrast_power': 2.0,   # contrast: q in D~ / (P~ + 1) ** q; the larger, the more a class that is easy with a patch too is discounted
     'contrast_plan': 30,     # contrast: only when each pass's plan has at least this many images x steps per class (2 x 15, the least the README measured), else the patch pass alone
     'lr': 0.1,               # peak AdamW learning rate on the activation
     'lr_final': 0.001,       # cosine decay ends here
@@ -591,8 +595,10 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     for key, choices in CHOICES.items():
         if HYP[key] not in choices:
             raise ValueError(f"HYP['{key}'] is {HYP[key]!r}; choose one of {choices}")
-    if not (isinstance(HYP['landing'], (int, float)) and math.isfinite(HYP['landing']) and HYP['landing'] >= 0):
-        raise ValueError(f"HYP['landing'] is {HYP['landing']!r}; it is an exponent, a number >= 0 (0 = off)")
+    for key in ('landing', 'contrast_power'):  # exponents
+        v = HYP[key]
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"HYP['{key}'] is {v!r}; it is an exponent, a number >= 0 (0 = off)")
     shares = HYP['snapshots']
     if not (isinstance(shares, (tuple, list)) and shares and all(isinstance(v, (int, float)) and 0 < v <= 1 for v in shares)):
         raise ValueError(f"HYP['snapshots'] is {shares!r}; it is a non-empty tuple of shares of the steps, each in (0, 1]")
@@ -700,9 +706,13 @@ def _every_class(split, h0, labels, num_classes, chunk, steps, end, bounds, area
 
 def contrast(patch, dense):
     """Per class: how much more reachable it is with a dense change than with a patch,
-    D~ / (P~ + 1), where each pass's statistics are divided by their mean over the classes."""
+    D~ / (P~ + 1) ** q (q = HYP['contrast_power']), where each pass's statistics are divided by their
+    mean over the classes. The + 1 keeps a class with a patch statistic near zero from exploding the
+    ratio; q sets how hard a class that a patch also reaches easily (a naturally easy class) is
+    discounted, while a class that a patch cannot reach keeps its dense standing whatever q is."""
     mp, md = (max(sum(v) / len(v), 1e-12) for v in (patch, dense))
-    return [(d / md) / (p / mp + 1) for p, d in zip(patch, dense)]
+    q = HYP['contrast_power']
+    return [(d / md) / (p / mp + 1) ** q for p, d in zip(patch, dense)]
 
 
 def _balanced_indices(labels, n):

@@ -227,6 +227,14 @@ def test_snapshots_must_be_shares_of_the_steps(monkeypatch, toy_model, image_fol
         solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
 
 
+@pytest.mark.parametrize('key', ['landing', 'contrast_power'])
+@pytest.mark.parametrize('bad', [-1.0, float('nan'), float('inf'), '2', True])
+def test_exponents_must_be_finite_numbers_at_least_zero(monkeypatch, toy_model, image_folder, key, bad):
+    monkeypatch.setitem(solution.HYP, key, bad)
+    with pytest.raises(ValueError, match=key):
+        solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+
+
 @pytest.mark.parametrize('setting', [('area', 0.0), ('mode', 'universal'), ('statistic', 'margin')])
 def test_without_a_patch_pass_the_contrast_is_skipped(monkeypatch, toy_model, image_folder, fast, setting):
     """The contrast compares a patch pass with a dense one; with no area limit (or in universal mode)

@@ -179,3 +179,21 @@ def test_contrast_lifts_a_class_reachable_densely_but_not_with_a_patch():
     # each pass's overall scale cancels: only the classes' standing within a pass matters
     assert solution.contrast([2 * p for p in patch], [10 * d for d in dense]) == pytest.approx(c)
     assert solution.contrast([0.0] * 3, [0.0] * 3) == [0.0] * 3  # all zero: no division by zero
+
+
+def test_contrast_power_discounts_classes_a_patch_also_reaches(monkeypatch):
+    """q = HYP['contrast_power'] in D~ / (P~ + 1) ** q. A class a patch cannot reach (P~ near 0, a
+    clean-label trigger's target) keeps its dense standing whatever q is; a class that is easy both
+    ways (a naturally easy one) falls as q grows. Here, at q = 1, the easy class 0 still tops the
+    contrast; at q = 2 the unreachable class 2 does."""
+    patch = [3.0, 1.0, 0.0, 1.0, 1.0]  # mean 1.2: P~ = 2.5 for class 0, 0 for class 2
+    dense = [9.0, 1.0, 2.5, 1.0, 1.0]  # class 0 easy both ways, class 2 only densely
+    monkeypatch.setitem(solution.HYP, 'contrast_power', 1.0)
+    one = solution.contrast(patch, dense)
+    monkeypatch.setitem(solution.HYP, 'contrast_power', 2.0)
+    two = solution.contrast(patch, dense)
+    assert max(range(5), key=one.__getitem__) == 0 and max(range(5), key=two.__getitem__) == 2
+    assert two[2] == pytest.approx(one[2])  # P~ = 0: q does not matter
+    assert two[0] == pytest.approx(one[0] / 3.5)  # divided once more by P~ + 1
+    monkeypatch.setitem(solution.HYP, 'contrast_power', 0.0)  # q = 0: the dense statistics, normalised
+    assert solution.contrast(patch, dense) == pytest.approx([d / 2.9 for d in dense])
