@@ -595,10 +595,10 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     for key, choices in CHOICES.items():
         if HYP[key] not in choices:
             raise ValueError(f"HYP['{key}'] is {HYP[key]!r}; choose one of {choices}")
-    for key in ('landing', 'contrast_power'):  # exponents
+    for key, zero in (('landing', 'off'), ('contrast_power', 'the dense pass alone')):  # exponents
         v = HYP[key]
         if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"HYP['{key}'] is {v!r}; it is an exponent, a number >= 0 (0 = off)")
+            raise ValueError(f"HYP['{key}'] is {v!r}; it is an exponent, a number >= 0 (0 = {zero})")
     shares = HYP['snapshots']
     if not (isinstance(shares, (tuple, list)) and shares and all(isinstance(v, (int, float)) and 0 < v <= 1 for v in shares)):
         raise ValueError(f"HYP['snapshots'] is {shares!r}; it is a non-empty tuple of shares of the steps, each in (0, 1]")
