@@ -41,8 +41,8 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        over the classes. A clean-label trigger spread over the whole image (SIG's sinusoid) makes its
        target the class *hardest* to reach with a patch and among the easiest densely; a naturally easy
        class, and the class a dense change reaches best in an adversarially trained model, are
-       often easy with a patch too, and the square (HYP['contrast_power']) discounts them more than
-       the plain ratio did. Both sets go through step 4, and the model is
+       often easy with a patch too, and the square (HYP['contrast_power']) discounts them. Both sets
+       go through step 4, and the model is
        backdoored iff 1 - (1 - min(p_patch, p_contrast))^2 < P_THRESHOLD (Sidak's correction for taking
        the smaller of two p-values), the file's one tuned constant.
 
@@ -630,12 +630,13 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         else:
             bounds = None
         step_s = _step_seconds(split, h_all, num_classes, chunk, bounds)
+        left = 0.7 * (deadline - time.monotonic())  # 30% slack
         contrasted = _contrasted()
-        if contrasted:  # two passes, each planned with half the time (30% slack); below contrast_plan both would starve
-            n, steps = _plan(step_s, 0.7 * (deadline - time.monotonic()) / 2, num_classes, len(h_all))
+        if contrasted:  # two passes, each planned with half the time; below contrast_plan both would starve
+            n, steps = _plan(step_s, left / 2, num_classes, len(h_all))
             contrasted = n * steps >= HYP['contrast_plan']
         if not contrasted:  # the patch pass alone, with all the time
-            n, steps = _plan(step_s, 0.7 * (deadline - time.monotonic()), num_classes, len(h_all))
+            n, steps = _plan(step_s, left, num_classes, len(h_all))
         passes = [(_area(), bounds)] + ([(0.0, None)] if contrasted else [])  # (area, bounds): patch, dense
         chosen = _balanced_indices(labels, n)
         h0, l0 = h_all[chosen], labels[chosen]

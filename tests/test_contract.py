@@ -196,8 +196,8 @@ def test_the_contrast_runs_a_patch_pass_then_a_dense_pass_inside_one_budget(toy_
 
 def test_when_two_passes_would_starve_the_patch_pass_runs_alone_with_the_whole_budget(toy_model, image_folder, fast, monkeypatch):
     """A plan of fewer than HYP['contrast_plan'] images x steps per class for each of two passes (a
-    full-width 100-class model on a small CPU) drops the dense pass: the patch pass is planned again with all the
-    time, and the model is judged by its p-value alone."""
+    full-width 100-class model on a small CPU) drops the dense pass: the patch pass is planned again
+    with all the time, and the model is judged by its p-value alone."""
     monkeypatch.setattr(solution.time, 'monotonic', lambda: 1000.0)  # the budget never runs down
     monkeypatch.setitem(solution.HYP, 'budget_s', 40.0)
     monkeypatch.setitem(solution.HYP, 'contrast', True)
