@@ -8,7 +8,9 @@ whose folder is complete is reused, so an interrupted run resumes. Everything is
 specs below. Models with seed >= 100 form the held-out split: evaluated, never tuned on.
 """
 import argparse
+import concurrent.futures as cf
 import json
+import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -221,10 +223,36 @@ def backfill_inputs(s, row, ds, folder, log=print):
         samples.write_inputs(folder, 'triggered', tx, ty)
 
 
-def build_zoo(preset, out_dir, data_root=None, match='', log=print):
-    """Build every model of a preset that is not already in out_dir; returns the rows of zoo.jsonl."""
+_worker_data = {}  # a build worker's loaded data sets, by (name, data_kw)
+
+
+def _init_worker(threads, data_root):
+    torch.set_num_threads(threads)
+    _worker_data['root'] = data_root
+
+
+def _build_in_worker(s, out_dir):
+    """One model in a worker process: (row, start time, None), or (None, None, notice) when its data set
+    is missing."""
+    key = (s['data'], json.dumps(s['data_kw'], sort_keys=True))
+    if key not in _worker_data:
+        try:
+            _worker_data[key] = datasets.load(s['data'], root=_worker_data['root'], seed=0, **s['data_kw'])
+        except datasets.DataMissing as e:
+            return None, None, f'skipping {s["data"]}: {e}'
+    t0 = time.time()
+    return build(s, _worker_data[key], out_dir, log=lambda m: print(m, flush=True)), t0, None
+
+
+def build_zoo(preset, out_dir, data_root=None, match='', log=print, jobs=1, threads=None, exact=False):
+    """Build every model of a preset that is not already in out_dir; returns the rows of zoo.jsonl.
+    Only models whose name contains `match` (or, with exact, is `match`) are built.
+    With jobs > 1 the models are trained in that many worker processes at `threads` torch threads each
+    (default: this process's threads shared out), and their progress lines interleave."""
     if preset not in PRESETS:
         raise SystemExit(f'unknown preset {preset!r}; choose from {", ".join(PRESETS)}')
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f'jobs must be a whole number >= 1, got {jobs!r}')
     os.makedirs(out_dir, exist_ok=True)
     index_path = os.path.join(out_dir, 'zoo.jsonl')
     rows = {}
@@ -243,25 +271,50 @@ def build_zoo(preset, out_dir, data_root=None, match='', log=print):
                 missing.add(s['data'])
         return cache.get(key)
 
-    for s in [s for s in PRESETS[preset]() if match in s['name']]:
-        folder = os.path.join(out_dir, s['name'])
-        built = (s['name'] in rows and samples.is_sample(folder)
-                 and rows[s['name']].get('data_kw', s['data_kw']) == s['data_kw'])  # same name, other data: rebuild
-        if built and os.path.isdir(os.path.join(folder, 'defence_inputs')):
-            continue
-        ds = dataset(s)
-        if ds is None:
-            continue
-        if built:  # a model from before defence inputs were written: add them, keep the model
-            backfill_inputs(s, rows[s['name']], ds, folder, log)
-            continue
-        t0 = time.time()
-        row = build(s, ds, out_dir, log)
+    def record(s, row, t0):
         rows[s['name']] = row
         with open(index_path, 'a') as f:
             f.write(json.dumps(row) + '\n')
         asr = f'asr {row["asr"]:.1f}' if row['asr'] is not None else 'clean'
         log(f'{s["name"]}: acc {row["clean_acc"]:.1f} {asr} {time.time() - t0:.0f}s')
+
+    todo = []
+    for s in [s for s in PRESETS[preset]() if (match == s['name'] if exact else match in s['name'])]:
+        folder = os.path.join(out_dir, s['name'])
+        built = (s['name'] in rows and samples.is_sample(folder)
+                 and rows[s['name']].get('data_kw', s['data_kw']) == s['data_kw'])  # same name, other data: rebuild
+        if built and os.path.isdir(os.path.join(folder, 'defence_inputs')):
+            continue
+        if built:  # a model from before defence inputs were written: add them, keep the model
+            ds = dataset(s)
+            if ds is not None:
+                backfill_inputs(s, rows[s['name']], ds, folder, log)
+        else:
+            todo.append(s)
+    if jobs == 1:
+        for s in todo:
+            ds = dataset(s)
+            if ds is not None:
+                t0 = time.time()
+                record(s, build(s, ds, out_dir, log), t0)
+        return list(rows.values())
+    threads = threads or max(1, torch.get_num_threads() // jobs)
+    # spawn, not fork: a forked child would inherit this process's torch thread pools
+    with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context('spawn'), initializer=_init_worker,
+                                initargs=(threads, data_root)) as pool:
+        started = {pool.submit(_build_in_worker, s, out_dir): s for s in todo}
+        try:
+            for fut in cf.as_completed(started):
+                s = started[fut]
+                row, t0, notice = fut.result()
+                if row is not None:
+                    record(s, row, t0)
+                elif s['data'] not in missing:
+                    missing.add(s['data'])
+                    log(notice)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return list(rows.values())
 
 
@@ -271,17 +324,24 @@ def main(argv=None):
     ap.add_argument('--out', default=None, help='output folder (default: cache/zoo-PRESET)')
     ap.add_argument('--data-root', default=None, help='folder of the real data (default: $BENCH_DATA or ../shared/data)')
     ap.add_argument('--match', default='', help='only models whose name contains this text')
-    ap.add_argument('--threads', type=int, default=os.cpu_count(), help='torch CPU threads (default: all cores)')
+    ap.add_argument('--exact', action='store_true', help='--match is a whole model name (s1 alone, not s100 too)')
+    ap.add_argument('--threads', type=int, default=os.cpu_count(), help='torch CPU threads in all (default: all cores)')
+    ap.add_argument('--jobs', type=int, default=1,
+                    help='models trained at once, in worker processes sharing --threads (default: 1)')
     ap.add_argument('--list', action='store_true', help='print the preset\'s model names (those --match keeps) and exit')
     args = ap.parse_args(argv)
     if args.preset not in PRESETS:
         raise SystemExit(f'unknown preset {args.preset!r}; choose from {", ".join(PRESETS)}')
     if args.list:
-        print('\n'.join(s['name'] for s in PRESETS[args.preset]() if args.match in s['name']))
+        keep = (lambda n: n == args.match) if args.exact else (lambda n: args.match in n)
+        print('\n'.join(s['name'] for s in PRESETS[args.preset]() if keep(s['name'])))
         return
+    if args.jobs < 1 or args.threads < 1:
+        raise SystemExit('--jobs and --threads must be at least 1')
     torch.set_num_threads(args.threads)
     out = args.out or os.path.join('cache', f'zoo-{args.preset}')
-    rows = build_zoo(args.preset, out, args.data_root, args.match, log=lambda m: print(m, flush=True))
+    rows = build_zoo(args.preset, out, args.data_root, args.match, log=lambda m: print(m, flush=True),
+                     jobs=args.jobs, threads=max(1, args.threads // args.jobs), exact=args.exact)
     print(f'{len(rows)} models in {out}', file=sys.stderr)
 
 

@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 
+import pytest
 import torch
 
 from bench import attacks, samples, zoo
@@ -92,3 +93,32 @@ def test_list_prints_only_the_models_match_keeps(capsys):
     names = capsys.readouterr().out.split()
     assert names and all('tiny64-clean' in n for n in names)
     assert names == [s['name'] for s in zoo.PRESETS['real']() if 'tiny64-clean' in s['name']]
+
+
+def test_worker_processes_build_the_same_models(smoke_zoo, tmp_path):
+    # at the same torch threads per process, a model trained in a worker is the one trained in-process
+    lines = []
+    zoo.build_zoo('smoke', str(tmp_path), log=lines.append, jobs=2, threads=torch.get_num_threads())
+    index = [json.loads(line) for line in open(tmp_path / 'zoo.jsonl')]
+    assert sorted(r['name'] for r in index) == sorted(s['name'] for s in zoo.PRESETS['smoke']())
+    assert sum(line.startswith(tuple(r['name'] + ':' for r in index)) for line in lines) == len(index)
+    for r in index:
+        a = samples.read(os.path.join(smoke_zoo, r['name'])).state_dict
+        b = samples.read(str(tmp_path / r['name'])).state_dict
+        assert all(torch.equal(a[k], b[k]) for k in a), r['name']
+
+
+def test_worker_processes_skip_missing_data_with_one_notice(tmp_path):
+    lines = []
+    rows = zoo.build_zoo('real', str(tmp_path / 'zoo'), data_root=str(tmp_path / 'no-data'), match='mnist-clean-w16-s',
+                         log=lines.append, jobs=2, threads=1)
+    assert rows == [] and len(lines) == 1 and lines[0].startswith('skipping mnist')
+    with pytest.raises(ValueError, match='jobs'):
+        zoo.build_zoo('smoke', str(tmp_path / 'zoo'), jobs=0)
+
+
+def test_exact_keeps_one_name_where_match_keeps_a_family(capsys):
+    zoo.main(['--preset', 'real', '--match', 'cifar10-clean-w16-s1', '--list'])
+    assert len(capsys.readouterr().out.split()) > 1  # s1, s100, s101, ...
+    zoo.main(['--preset', 'real', '--match', 'cifar10-clean-w16-s1', '--exact', '--list'])
+    assert capsys.readouterr().out.split() == ['cifar10-clean-w16-s1']
