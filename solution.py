@@ -100,6 +100,7 @@ HYP = {
     'statistic': 'transfer', # 'transfer': margins the images' shared direction gives every image; 'margin': the seed's
     'alphas': (0.5, 1.0),    # transfer: the shared direction's norms tried, as shares of each image's activation norm
     'own_norm': False,       # transfer: divide each class's statistic by 1 + its clean images' mean softplus margin
+    'leave_one_out': False,  # transfer: each image gets the shared direction of the other images' changes, not one that includes its own
     'landing': 1.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction lands from its clean images
     'log': False,            # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
@@ -116,7 +117,7 @@ HYP = {
 
 CHOICES = {'mode': ('free', 'universal'), 'init': ('images', 'noise'), 'reduce': ('max', 'mean'),
            'exclude_own': (False, True), 'statistic': ('transfer', 'margin'), 'own_norm': (True, False),
-           'log': (False, True), 'contrast': (False, True)}
+           'log': (False, True), 'contrast': (False, True), 'leave_one_out': (False, True)}
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.gif', '.tif', '.tiff', '.webp'}
 
@@ -374,11 +375,15 @@ def _transfer(split, h0, delta, target):
     each, the pushed images' mean penultimate feature (k, F): where the class's direction lands them."""
     n = len(h0)
     k = len(delta) // n
-    u = F.normalize(F.normalize(delta.flatten(1), dim=1).view(k, n, -1).mean(1), dim=1)  # (k, D)
+    unit = F.normalize(delta.flatten(1), dim=1).view(k, n, -1)  # (k, n, D)
+    if HYP['leave_one_out'] and n > 1:  # each image gets the mean of the other images' changes
+        u = F.normalize(unit.sum(1, keepdim=True) - unit, dim=2)  # (k, n, D)
+    else:
+        u = F.normalize(unit.mean(1), dim=1)[:, None, :]  # (k, 1, D)
     norm = h0.flatten(1).norm(dim=1)  # (n,)
     best, landed = torch.zeros(k, device=h0.device), None
     for alpha in HYP['alphas']:
-        h = h0.flatten(1)[None] + alpha * norm[None, :, None] * u[:, None, :]  # (k, n, D)
+        h = h0.flatten(1)[None] + alpha * norm[None, :, None] * u  # (k, n, D)
         feats = split.pooled(h.view(k * n, *h0.shape[1:]))
         stat = F.softplus(margin(split.linear(feats), target)).view(k, n).mean(1)
         mean_feats = feats.view(k, n, -1).mean(1)

@@ -107,6 +107,26 @@ def test_transfer_rewards_one_direction_shared_by_all_images(monkeypatch):
     assert torch.allclose(landed[0], expected.mean(0), atol=1e-5)  # where the one norm tried lands them
 
 
+def test_leave_one_out_pushes_each_image_by_the_other_images_changes(monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'alphas', (1.0,))
+    monkeypatch.setitem(solution.HYP, 'leave_one_out', True)
+    g = torch.Generator().manual_seed(1)
+    d = 6
+    w = torch.randn(2, d, generator=g)
+    h0 = torch.randn(3, d, 1, 1, generator=g)
+    delta = torch.randn(3, d, 1, 1, generator=g)
+    _, landed = solution._transfer(_LinearHead(w), h0, delta, torch.zeros(3, dtype=torch.long))
+    unit = torch.nn.functional.normalize(delta.flatten(1), dim=1)
+    others = torch.nn.functional.normalize(unit.sum(0, keepdim=True) - unit, dim=1)  # row i: all but image i
+    expected = h0.flatten(1) + h0.flatten(1).norm(dim=1, keepdim=True) * others
+    assert torch.allclose(landed[0], expected.mean(0), atol=1e-5)
+    own = h0.flatten(1) + h0.flatten(1).norm(dim=1, keepdim=True) * torch.nn.functional.normalize(unit.mean(0), dim=0)
+    assert not torch.allclose(landed[0], own.mean(0), atol=1e-3)  # not the shared direction of all three
+    # one image has no others: it keeps its own change rather than getting none
+    _, alone = solution._transfer(_LinearHead(w), h0[:1], delta[:1], torch.zeros(1, dtype=torch.long))
+    assert torch.allclose(alone[0], h0[0].flatten() + h0[0].norm() * unit[0], atol=1e-5)
+
+
 def test_own_margins_average_each_class_over_its_own_images():
     head = _LinearHead(torch.eye(3))  # logits = the activation itself
     h = torch.tensor([[2.0, 0, 0], [4.0, 0, 0], [0, 1.0, 0], [9.0, 0, 0], [0, 0, 9.0]]).view(5, 3, 1, 1)
