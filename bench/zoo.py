@@ -1,6 +1,6 @@
 """Train clean and backdoored PreActResNet18s and write them as contest samples.
 
-    python -m bench.zoo --preset default --out cache/zoo-default
+    python -m bench.zoo --preset default --out cache/zoo-default [--jobs 2] [--match TEXT [--exact]]
 
 Each model becomes one folder in the contest format (bench/samples.py) and one line of DIR/zoo.jsonl
 (data, attack, target, poison rate, clean accuracy, ASR, width, seed, split, training seconds). A model
@@ -129,6 +129,11 @@ def _preset_full():
 
 
 PRESETS = {'smoke': _preset_smoke, 'default': _preset_default, 'real': _preset_real, 'full': _preset_full}
+
+
+def selected(preset, match='', exact=False):
+    """The preset's specs whose name contains `match` (with exact: is `match`), in build order."""
+    return [s for s in PRESETS[preset]() if (s['name'] == match if exact else match in s['name'])]
 
 # -----------------------------------------------------------------------------
 
@@ -279,7 +284,7 @@ def build_zoo(preset, out_dir, data_root=None, match='', log=print, jobs=1, thre
         log(f'{s["name"]}: acc {row["clean_acc"]:.1f} {asr} {time.time() - t0:.0f}s')
 
     todo = []
-    for s in [s for s in PRESETS[preset]() if (match == s['name'] if exact else match in s['name'])]:
+    for s in selected(preset, match, exact):
         folder = os.path.join(out_dir, s['name'])
         built = (s['name'] in rows and samples.is_sample(folder)
                  and rows[s['name']].get('data_kw', s['data_kw']) == s['data_kw'])  # same name, other data: rebuild
@@ -333,8 +338,7 @@ def main(argv=None):
     if args.preset not in PRESETS:
         raise SystemExit(f'unknown preset {args.preset!r}; choose from {", ".join(PRESETS)}')
     if args.list:
-        keep = (lambda n: n == args.match) if args.exact else (lambda n: args.match in n)
-        print('\n'.join(s['name'] for s in PRESETS[args.preset]() if keep(s['name'])))
+        print('\n'.join(s['name'] for s in selected(args.preset, args.match, args.exact)))
         return
     if args.jobs < 1 or args.threads < 1:
         raise SystemExit('--jobs and --threads must be at least 1')
