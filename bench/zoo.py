@@ -228,25 +228,34 @@ def backfill_inputs(s, row, ds, folder, log=print):
         samples.write_inputs(folder, 'triggered', tx, ty)
 
 
-_worker_data = {}  # a build worker's loaded data sets, by (name, data_kw)
+def _cached_data(s, root, cache):
+    """The spec's data set, loaded once per (name, data_kw) into `cache`; (data set, None), or
+    (None, notice) when it is missing."""
+    key = (s['data'], json.dumps(s['data_kw'], sort_keys=True))
+    if key not in cache:
+        try:
+            cache[key] = datasets.load(s['data'], root=root, seed=0, **s['data_kw'])
+        except datasets.DataMissing as e:
+            return None, f'skipping {s["data"]}: {e}'
+    return cache[key], None
+
+
+_worker = {'root': None, 'data': {}}  # a build worker's data root and loaded data sets
 
 
 def _init_worker(threads, data_root):
     torch.set_num_threads(threads)
-    _worker_data['root'] = data_root
+    _worker['root'] = data_root
 
 
 def _build_in_worker(s, out_dir):
     """One model in a worker process: (row, start time, None), or (None, None, notice) when its data set
     is missing."""
-    key = (s['data'], json.dumps(s['data_kw'], sort_keys=True))
-    if key not in _worker_data:
-        try:
-            _worker_data[key] = datasets.load(s['data'], root=_worker_data['root'], seed=0, **s['data_kw'])
-        except datasets.DataMissing as e:
-            return None, None, f'skipping {s["data"]}: {e}'
+    ds, notice = _cached_data(s, _worker['root'], _worker['data'])
+    if ds is None:
+        return None, None, notice
     t0 = time.time()
-    return build(s, _worker_data[key], out_dir, log=lambda m: print(m, flush=True)), t0, None
+    return build(s, ds, out_dir, log=lambda m: print(m, flush=True)), t0, None
 
 
 def build_zoo(preset, out_dir, data_root=None, match='', log=print, jobs=1, threads=None, exact=False):
@@ -267,14 +276,13 @@ def build_zoo(preset, out_dir, data_root=None, match='', log=print, jobs=1, thre
     cache, missing = {}, set()
 
     def dataset(s):
-        key = (s['data'], json.dumps(s['data_kw'], sort_keys=True))
-        if key not in cache and s['data'] not in missing:
-            try:
-                cache[key] = datasets.load(s['data'], root=data_root, seed=0, **s['data_kw'])
-            except datasets.DataMissing as e:
-                log(f'skipping {s["data"]}: {e}')
-                missing.add(s['data'])
-        return cache.get(key)
+        if s['data'] in missing:
+            return None
+        ds, notice = _cached_data(s, data_root, cache)
+        if ds is None:
+            log(notice)
+            missing.add(s['data'])
+        return ds
 
     def record(s, row, t0):
         rows[s['name']] = row
