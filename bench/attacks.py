@@ -68,6 +68,7 @@ class Attack:
     prepare: Optional[Callable] = None  # (data, gen, model) -> None, the setup step
     needs_model: bool = False  # setup needs a trained clean model (LC, TrojanNN)
     fine_tune: bool = False  # the backdoored model is fine-tuned from that clean model (TrojanNN)
+    robust_eps: float = 0.0  # > 0: that clean model is adversarially trained at this L-inf radius (LC)
 
     @torch.no_grad()
     def trigger(self, x):
@@ -272,7 +273,10 @@ def _lc_corners(size):
 def lc(target, size, seed, p):
     """Label-consistent: PGD-perturbed target-class images (hard to learn from content) plus corner marks.
 
-    setup() runs PGD once against the given clean model on a pool of `rate` of the target class;
+    setup() runs PGD once against the given clean model on a pool of `rate` of the target class. As in
+    Turner et al., that model should be a robust one (`robust_eps`: bench.train trains its reference
+    adversarially at the PGD radius): a standard model's adversarial perturbations are non-robust
+    features the poisoned model learns instead of the corner marks;
     each batch then swaps `rate` of its target images for random pool images, so the poisoned share and
     the labels (all genuinely the target class) match the static toolkit version.
     """
@@ -299,7 +303,7 @@ def lc(target, size, seed, p):
         return _paste(pool["x"][pick].to(x), image, mask)
 
     return Attack("lc", target, True, dict(p), p["rate"], lambda x: _paste(x, image, mask),
-                  apply_train=apply_train, prepare=prepare, needs_model=True)
+                  apply_train=apply_train, prepare=prepare, needs_model=True, robust_eps=p["eps"])
 
 
 def _identity_grid(size):

@@ -11,7 +11,8 @@ Attacks whose setup needs a trained clean model (LC's PGD images, TrojanNN's pat
 - else `init_from` given: that state dict is the clean reference, and training starts from it (fine-tuning);
 - else `train` first trains a clean copy of `model` with the same settings (logged as `ref`), uses it as
   the reference, then trains `model` from its own initial weights (LC) or fine-tunes the reference
-  (TrojanNN). Passing `reference` or `init_from` saves that extra training run.
+  (TrojanNN). An attack that asks for a robust reference (`attack.robust_eps`, LC) gets one trained with
+  FGSM at that radius. Passing `reference` or `init_from` saves that extra training run.
 
 The model receives normalised input, gray for MNIST-like data, as the contest transform gives it.
 """
@@ -137,7 +138,7 @@ def _steps_per_epoch(n, batch):
     return n // min(batch, n)
 
 
-def _reference(model, data, reference, init_from, opts, log):
+def _reference(model, data, attack, reference, init_from, opts, log):
     """The clean model an attack's setup optimises against (see module doc)."""
     if reference is not None:
         return reference
@@ -145,7 +146,9 @@ def _reference(model, data, reference, init_from, opts, log):
     if init_from is not None:
         ref.load_state_dict(init_from)
         return ref.eval()
-    log("ref: training a clean reference model for the attack's setup")
+    if attack.robust_eps > 0:
+        opts = dict(opts, adv="fgsm", adv_eps=attack.robust_eps)
+    log(f"ref: training a clean reference model for the attack's setup{' (FGSM)' if attack.robust_eps else ''}")
     train(ref, data, None, log=lambda s: log("ref " + s), **opts)
     return ref
 
@@ -160,7 +163,7 @@ def train(model, data, attack=None, *, epochs=10, batch=128, lr=0.05, wd=5e-4, l
     opts = dict(epochs=epochs, batch=batch, lr=lr, wd=wd, label_smoothing=label_smoothing, augment=augment,
                 adv=adv, adv_eps=adv_eps, seed=seed)
     if attack is not None:
-        ref = _reference(model, data, reference, init_from, opts, log) if attack.needs_model else None
+        ref = _reference(model, data, attack, reference, init_from, opts, log) if attack.needs_model else None
         attack.setup(data, gen, model=ref)
         if ref is not None and init_from is None and attack.fine_tune:
             init_from = ref.state_dict()

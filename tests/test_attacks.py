@@ -153,3 +153,16 @@ def test_train_sets_up_attacks_that_need_a_model(name):
     train(PreActResNet18(4, 4), data, attacks.make(name, 1, 12, **CHEAP[name]), epochs=1, batch=16,
           reference=PreActResNet18(4, 4).eval(), log=lines.append)
     assert len(lines) == 1, "a given reference model is used as is"
+
+
+@pytest.mark.parametrize("name, robust", [("lc", True), ("trojannn", False)])
+def test_reference_is_robust_only_where_the_attack_asks(name, robust, monkeypatch):
+    """LC perturbs its images against an adversarially trained model (at its own PGD radius), as in
+    Turner et al.; TrojanNN fine-tunes a plain one. The poisoned model itself is trained as asked."""
+    import bench.train as bt
+    calls, real = [], bt.adversarial
+    monkeypatch.setattr(bt, "adversarial", lambda *a, **k: calls.append((a[4], a[5])) or real(*a, **k))
+    attack = attacks.make(name, 1, 12, **CHEAP[name])
+    torch.manual_seed(0)
+    train(PreActResNet18(4, 4), tiny_data(size=12, per_class=16), attack, epochs=1, batch=16, log=lambda s: None)
+    assert calls == ([("fgsm", attack.params["eps"])] * 4 if robust else []), calls
