@@ -79,8 +79,9 @@ def _preset_default():
     kw = dict(data_kw=dict(num_classes=10, n_train=300, n_test=60), width=8, epochs=20)
     clean = _clean_variants([0, 1], **kw) + [spec(None, 4, **dict(kw, epochs=3 * kw['epochs']))]
     out = _interleave([attack_spec(a, 0, **kw) for a in ATTACKS], clean)
-    # held out: other seeds, so other triggers, targets and initialisations
-    held = [attack_spec(a, 100, **kw) for a in ('badnets', 'blended', 'wanet', 'ssba')]
+    # held out: other seeds, so other triggers, targets and initialisations, of attacks that reach a useful
+    # ASR on this task (WaNet and SSBA stayed under 5% at seeds 0 and 100; they keep their seed-0 models)
+    held = [attack_spec(a, 100, **kw) for a in ('badnets', 'blended', 'sig', 'trojannn')]
     out += _interleave(held, [spec(None, s, **kw) for s in (100, 101, 102)] + [spec(None, 103, adv='fgsm', **kw)])
     # many classes, where detect() has the least compute per class: a BadNets and a clean model each
     for classes, n_train, n_test in ((43, 60, 20), (100, 40, 10), (200, 25, 10)):
