@@ -269,14 +269,14 @@ def _lc_corners(size):
     return image, mask
 
 
-@_register("lc", rate=0.25, eps=8 / 255, step=1.5 / 255, steps=100)
+@_register("lc", rate=0.25, eps=8 / 255, step=1.5 / 255, steps=100, robust=True)
 def lc(target, size, seed, p):
     """Label-consistent: PGD-perturbed target-class images (hard to learn from content) plus corner marks.
 
     setup() runs PGD once against the given clean model on a pool of `rate` of the target class. As in
-    Turner et al., that model should be a robust one (`robust_eps`: bench.train trains its reference
-    adversarially at the PGD radius): a standard model's adversarial perturbations are non-robust
-    features the poisoned model learns instead of the corner marks;
+    Turner et al., that model is a robust one (`robust`: bench.train trains its reference adversarially
+    at the PGD radius): a standard model's adversarial perturbations are non-robust features the
+    poisoned model may learn instead of the corner marks;
     each batch then swaps `rate` of its target images for random pool images, so the poisoned share and
     the labels (all genuinely the target class) match the static toolkit version.
     """
@@ -303,7 +303,8 @@ def lc(target, size, seed, p):
         return _paste(pool["x"][pick].to(x), image, mask)
 
     return Attack("lc", target, True, dict(p), p["rate"], lambda x: _paste(x, image, mask),
-                  apply_train=apply_train, prepare=prepare, needs_model=True, robust_eps=p["eps"])
+                  apply_train=apply_train, prepare=prepare, needs_model=True,
+                  robust_eps=p["eps"] if p["robust"] else 0.0)
 
 
 def _identity_grid(size):
@@ -619,11 +620,11 @@ def adap_blend(target, size, seed, p):
 NAMES = sorted(REGISTRY)
 
 
-def make(name, target, size, seed=0, rate=None, **params):
-    """Build attack `name` for images of `size` px; rate None keeps the attack's default (see module doc)."""
+def settings(name, rate=None, **params):
+    """Attack `name`'s settings: its defaults with `params` and `rate` (None keeps the default) applied."""
     if name not in REGISTRY:
         raise ValueError(f"unknown attack {name!r}; valid: {', '.join(NAMES)}")
-    builder, defaults = REGISTRY[name]
+    defaults = REGISTRY[name][1]
     unknown = set(params) - set(defaults)
     if unknown:
         raise ValueError(f"{name}: unknown params {sorted(unknown)}; valid: {sorted(set(defaults) - {'rate'})}")
@@ -632,6 +633,12 @@ def make(name, target, size, seed=0, rate=None, **params):
         p["rate"] = rate
     if not 0 <= p["rate"] <= 1:
         raise ValueError(f"{name}: rate must be in [0, 1], got {p['rate']}")
-    attack = builder(target, size, seed, p)
+    return p
+
+
+def make(name, target, size, seed=0, rate=None, **params):
+    """Build attack `name` for images of `size` px; rate None keeps the attack's default (see module doc)."""
+    p = settings(name, rate, **params)
+    attack = REGISTRY[name][0](target, size, seed, p)
     attack.params.update(seed=seed, size=size)
     return attack

@@ -4,8 +4,8 @@
 
 Each model becomes one folder in the contest format (bench/samples.py) and one line of DIR/zoo.jsonl
 (data, attack, target, poison rate, clean accuracy, ASR, width, seed, split, training seconds). A model
-whose folder is complete is reused, so an interrupted run resumes. Everything is deterministic from the
-specs below. Models with seed >= 100 form the held-out split: evaluated, never tuned on.
+whose folder is complete, and whose recorded data and attack settings are still its spec's, is reused, so
+an interrupted run resumes. Everything is deterministic from the specs below (at a given thread count). Models with seed >= 100 form the held-out split: evaluated, never tuned on.
 """
 import argparse
 import concurrent.futures as cf
@@ -229,6 +229,17 @@ def backfill_inputs(s, row, ds, folder, log=print):
         samples.write_inputs(folder, 'triggered', tx, ty)
 
 
+def recipe_changed(s, row):
+    """Whether a built model's recorded attack settings differ from those its spec gives now: the attack's
+    recipe changed under the same name (a new default, say), so the model must be built again. Settings
+    left to be drawn from the seed (None) are not compared."""
+    if not s['attack']:
+        return False
+    want = json.loads(json.dumps(attacks.settings(s['attack'], s['rate'], **s['params'])))
+    have = row.get('params') or {}
+    return any(v is not None and have.get(k) != v for k, v in want.items())
+
+
 def _cached_data(s, root, cache):
     """The spec's data set, loaded once per (name, data_kw) into `cache`; (data set, None), or
     (None, notice) when it is missing."""
@@ -295,8 +306,9 @@ def build_zoo(preset, out_dir, data_root=None, match='', log=print, jobs=1, thre
     todo = []
     for s in selected(preset, match, exact):
         folder = os.path.join(out_dir, s['name'])
-        built = (s['name'] in rows and samples.is_sample(folder)
-                 and rows[s['name']].get('data_kw', s['data_kw']) == s['data_kw'])  # same name, other data: rebuild
+        built = (s['name'] in rows and samples.is_sample(folder)  # same name, other data or recipe: rebuild
+                 and rows[s['name']].get('data_kw', s['data_kw']) == s['data_kw']
+                 and not recipe_changed(s, rows[s['name']]))
         if built and os.path.isdir(os.path.join(folder, 'defence_inputs')):
             continue
         if built:  # a model from before defence inputs were written: add them, keep the model
@@ -305,6 +317,11 @@ def build_zoo(preset, out_dir, data_root=None, match='', log=print, jobs=1, thre
                 backfill_inputs(s, rows[s['name']], ds, folder, log)
         else:
             todo.append(s)
+    strays = sorted(set(rows) - {s['name'] for s in PRESETS[preset]()})
+    if strays and not match:
+        log(f'{len(strays)} models in {out_dir} are not in the {preset} preset ({", ".join(strays[:3])}'
+            f'{", ..." if len(strays) > 3 else ""}); bench.evaluate runs every model in the folder, '
+            'so remove them or build into a new --out')
     if jobs == 1:
         for s in todo:
             ds = dataset(s)

@@ -155,6 +155,16 @@ def test_train_sets_up_attacks_that_need_a_model(name):
     assert len(lines) == 1, "a given reference model is used as is"
 
 
+def test_settings_merge_defaults_and_reject_unknown_names():
+    assert attacks.settings("lc")["robust"] is True and attacks.settings("lc", rate=0.5)["rate"] == 0.5
+    assert attacks.make("lc", 1, 12).robust_eps == attacks.settings("lc")["eps"]
+    assert attacks.make("lc", 1, 12, robust=False).robust_eps == 0.0
+    with pytest.raises(ValueError, match="unknown attack"):
+        attacks.settings("nope")
+    with pytest.raises(ValueError, match="unknown params"):
+        attacks.settings("lc", radius=1)
+
+
 @pytest.mark.parametrize("name, robust", [("lc", True), ("trojannn", False)])
 def test_reference_is_robust_only_where_the_attack_asks(name, robust, monkeypatch):
     """LC perturbs its images against an adversarially trained model (at its own PGD radius), as in

@@ -81,6 +81,28 @@ def test_built_models_are_reused_deterministic_and_get_missing_defence_inputs(sm
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_model_whose_attack_recipe_changed_is_rebuilt_and_strays_are_named(smoke_zoo, tmp_path):
+    shutil.copytree(smoke_zoo, tmp_path / 'zoo')
+    index_path = tmp_path / 'zoo' / 'zoo.jsonl'
+    index = [json.loads(line) for line in open(index_path)]
+    bd = next(r for r in index if r['attack'] == 'badnets')
+    clean = next(r for r in index if r['attack'] == 'clean')
+    mtime = {r['name']: os.path.getmtime(tmp_path / 'zoo' / r['name'] / 'model.pt') for r in index}
+    bd['params']['rate'] = 0.5  # as if built when the attack's rate was another
+    stray = dict(clean, name='synthetic10-retired-w8-s0')
+    with open(index_path, 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in index + [stray])
+    lines = []
+    zoo.build_zoo('smoke', str(tmp_path / 'zoo'), log=lines.append)
+    assert os.path.getmtime(tmp_path / 'zoo' / bd['name'] / 'model.pt') != mtime[bd['name']]
+    assert os.path.getmtime(tmp_path / 'zoo' / clean['name'] / 'model.pt') == mtime[clean['name']]
+    notices = [line for line in lines if 'not in the smoke preset' in line]
+    assert len(notices) == 1 and 'synthetic10-retired-w8-s0' in notices[0]
+    lines.clear()
+    zoo.build_zoo('smoke', str(tmp_path / 'zoo'), log=lines.append)  # now up to date: nothing rebuilt
+    assert [line for line in lines if 'not in the smoke preset' not in line] == []
+
+
 def test_targets_are_deterministic_and_differ_between_the_attacks_of_one_seed():
     specs = [s for s in zoo.PRESETS['default']() if s['attack'] and s['seed'] == 0 and s['name'].startswith('synthetic10')]
     targets = [zoo.target_of(s, 10) for s in specs]
