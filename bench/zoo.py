@@ -5,7 +5,8 @@
 Each model becomes one folder in the contest format (bench/samples.py) and one line of DIR/zoo.jsonl
 (data, attack, target, poison rate, clean accuracy, ASR, width, seed, split, training seconds). A model
 whose folder is complete, and whose recorded data and attack settings are still its spec's, is reused, so
-an interrupted run resumes. Everything is deterministic from the specs below (at a given thread count). Models with seed >= 100 form the held-out split: evaluated, never tuned on.
+an interrupted run resumes. Everything is deterministic from the specs below (at a given thread count).
+Models with seed >= 100 form the held-out split: evaluated, never tuned on.
 """
 import argparse
 import concurrent.futures as cf
