@@ -230,10 +230,12 @@ def backfill_inputs(s, row, ds, folder, log=print):
         samples.write_inputs(folder, 'triggered', tx, ty)
 
 
-def recipe_changed(s, row):
-    """Whether a built model's recorded attack settings differ from those its spec gives now: the attack's
-    recipe changed under the same name (a new default, say), so the model must be built again. Settings
-    left to be drawn from the seed (None) are not compared."""
+def outdated(s, row):
+    """Whether a built model's zoo.jsonl row no longer matches its spec: other data, or attack settings other
+    than those the spec gives now (the recipe changed under the same name, a new default say), so the
+    model must be built again. Settings left to be drawn from the seed (None) are not compared."""
+    if row.get('data_kw', s['data_kw']) != s['data_kw']:
+        return True
     if not s['attack']:
         return False
     want = json.loads(json.dumps(attacks.settings(s['attack'], s['rate'], **s['params'])))
@@ -304,12 +306,10 @@ def build_zoo(preset, out_dir, data_root=None, match='', log=print, jobs=1, thre
         asr = f'asr {row["asr"]:.1f}' if row['asr'] is not None else 'clean'
         log(f'{s["name"]}: acc {row["clean_acc"]:.1f} {asr} {time.time() - t0:.0f}s')
 
-    todo = []
-    for s in selected(preset, match, exact):
+    todo, specs = [], selected(preset, match, exact)
+    for s in specs:
         folder = os.path.join(out_dir, s['name'])
-        built = (s['name'] in rows and samples.is_sample(folder)  # same name, other data or recipe: rebuild
-                 and rows[s['name']].get('data_kw', s['data_kw']) == s['data_kw']
-                 and not recipe_changed(s, rows[s['name']]))
+        built = s['name'] in rows and samples.is_sample(folder) and not outdated(s, rows[s['name']])
         if built and os.path.isdir(os.path.join(folder, 'defence_inputs')):
             continue
         if built:  # a model from before defence inputs were written: add them, keep the model
@@ -318,8 +318,8 @@ def build_zoo(preset, out_dir, data_root=None, match='', log=print, jobs=1, thre
                 backfill_inputs(s, rows[s['name']], ds, folder, log)
         else:
             todo.append(s)
-    strays = sorted(set(rows) - {s['name'] for s in PRESETS[preset]()})
-    if strays and not match:
+    strays = sorted(set(rows) - {s['name'] for s in specs})
+    if strays and not match:  # specs is then the whole preset
         log(f'{len(strays)} models in {out_dir} are not in the {preset} preset ({", ".join(strays[:3])}'
             f'{", ..." if len(strays) > 3 else ""}); bench.evaluate runs every model in the folder, '
             'so remove them or build into a new --out')
