@@ -22,17 +22,17 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        the shared direction transfers. A naturally easy class (on MNIST, adding ink makes an 8) needs a
        different change for each image, so the mean direction washes out. (The seed's statistic, the
        largest margin any image reaches, is kept as HYP['statistic'] = 'margin'; with no area limit it
-       calls 3 of 6 clean MNIST models backdoored: README, results.)
+       calls 3 of 6 clean MNIST models backdoored: RESULTS.md.)
        Off by default, HYP['own_norm'] divides each class's transfer statistic by 1 + the mean softplus
        margin of the folder's own images of that class (a class the model recognises with confidence
        is easy to reach naturally); it raised the AUROC on CIFAR-10 and the default zoo but added three
-       false positives on GTSRB, whose classes have about 3 images each (README, results).
+       false positives on GTSRB, whose classes have about 3 images each (RESULTS.md).
     3. Each class's statistic is multiplied by landing() ** HYP['landing'] (1 by default; 0 turns it
        off): how far its shared direction lands the pushed images from the class's own clean images,
        in penultimate features, relative to how far both lie from the mean image (a number in
        [0, 1]). A naturally easy class's direction is that class's own evidence and lands the images
        on its clean images; a trigger is a feature of its own and lands them off them. On five real
-       data sets it cut false positives from 7 of 30 clean models to 4 (README, results).
+       data sets it cut false positives from 7 of 30 clean models to 4 (RESULTS.md).
     4. The K per-class statistics are judged by an exponential null fitted (maximum likelihood, loc =
        min, scale = mean - min) to the K-1 statistics other than the largest; p = 1 - F(max)^K.
     5. HYP['contrast'] (on): steps 1-3 run a second time with no area limit and no value bounds (a
@@ -106,7 +106,7 @@ HYP = {
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
     'contrast': True,        # a second, dense pass (area 0), and contrast() of the two tested too (_contrasted: needs an area, 'transfer')
     'contrast_power': 2.0,   # contrast: q in D~ / (P~ + 1) ** q; the larger, the more a class that is easy with a patch too is discounted
-    'contrast_plan': 30,     # contrast: only when each pass's plan has at least this many images x steps per class (2 x 15, the least the README measured), else the patch pass alone
+    'contrast_plan': 30,     # contrast: only when each pass's plan has at least this many images x steps per class (2 x 15, the least RESULTS.md measured), else the patch pass alone
     'lr': 0.1,               # peak AdamW learning rate on the activation
     'lr_final': 0.001,       # cosine decay ends here
     'warmup': 0.1,           # share of steps with linear warm-up

@@ -15,7 +15,7 @@ THREADS = 2  # training and detection at a fixed thread count: the float reducti
 def fixed_threads():
     """Other tests (the CLIs' --threads) change torch's thread count; these models must not depend on it.
     The same recipe trained at 1 thread gives a different clean twin, one that the detector calls
-    backdoored (p 0.03; README, the twin pair under the cut ablation): a single toy model is one draw,
+    backdoored (p 0.03; RESULTS.md, the twin pair under the cut ablation): a single toy model is one draw,
     not a false-positive rate."""
     before = torch.get_num_threads()
     torch.set_num_threads(THREADS)
@@ -62,7 +62,7 @@ def test_backdoored_model_is_flagged(twins):
 
 @pytest.mark.xfail(strict=True, reason=(
     'known defect: on the synthetic task the star, ring and crescent classes can be reached from any '
-    'image by one small patch, which the transfer statistic takes for a trigger (README, Results); '
+    'image by one small patch, which the transfer statistic takes for a trigger (RESULTS.md); '
     'this clean twin is flagged for the crescent class (p 0.0008 with the landing factor, 0.06 without '
     'it). Strict: a fix makes this fail as XPASS.'))
 def test_clean_twin_is_called_clean(twins):
