@@ -93,6 +93,18 @@ def test_log_takes_log1p_of_each_class_and_the_test_follows(toy_model, image_fol
         solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
 
 
+def test_exact_null_judges_the_same_statistics(toy_model, image_folder, fast, monkeypatch):
+    plug = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
+    monkeypatch.setitem(solution.HYP, 'null', 'exact')
+    exact = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
+    assert exact['per_class'] == pytest.approx(plug['per_class'])  # only the p-value changes
+    assert exact['p_patch'] == pytest.approx(solution.max_p_value(exact['per_class'], null='exact'))
+    assert exact['p_patch'] >= plug['p_patch'] - 1e-9  # the plug-in is the anti-conservative one
+    monkeypatch.setitem(solution.HYP, 'null', 'bootstrap')
+    with pytest.raises(ValueError, match='null'):
+        solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+
+
 def test_skips_hidden_non_image_subfolders_and_corrupt_files(toy_model, tmp_path, fast):
     folder = write_images(tmp_path / 'imgs', n=10)
     good = solution.evidence(toy_model, 10, folder, CIFAR_LIKE)

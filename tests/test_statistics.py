@@ -42,6 +42,63 @@ def test_rule_fires_often_on_exponential_draws_and_rarely_on_gaussian_ones():
     assert gauss < 0.08
 
 
+def _fitted_z(x):
+    """Rows of K statistics -> Z = (max - loc) / scale with loc, scale fitted to the other K - 1."""
+    s = x.sort(1).values
+    rest = s[:, :-1]
+    return (s[:, -1] - rest[:, 0]) / (rest.mean(1) - rest[:, 0])
+
+
+@pytest.mark.parametrize('k', [3, 10, 43, 200])
+def test_exact_tail_matches_a_simulation_of_exponential_statistics(k):
+    g = torch.Generator().manual_seed(k)
+    n = 40_000
+    z = _fitted_z(torch.empty(n, k, dtype=torch.float64).exponential_(generator=g))
+    for q in (0.01, 0.08, 0.3, 0.7):
+        z0 = float(z.quantile(1 - q))
+        tol = 4 * math.sqrt(q * (1 - q) / n) + 1e-4  # four standard errors of the simulated share
+        assert solution.exact_tail(z0, k) == pytest.approx(float((z >= z0).double().mean()), abs=tol)
+
+
+def _fisher_g_tail_rational(z, k):
+    """exact_tail in exact rational arithmetic: no rounding, so no cancellation."""
+    from fractions import Fraction
+    m, z = k - 1, Fraction(z)
+    x = z / (m + z)
+    return float(min(1, sum((-1) ** (j - 1) * math.comb(m, j) * (1 - j * x) ** (m - 1)
+                            for j in range(1, m + 1) if j * x < 1)))
+
+
+@pytest.mark.parametrize('k', [4, 10, 100, 200])
+def test_exact_tail_agrees_with_rational_arithmetic(k):
+    for z in [0.5 * i for i in range(1, 60)]:
+        assert solution.exact_tail(z, k) == pytest.approx(_fisher_g_tail_rational(z, k), abs=1e-5)
+
+
+def test_exact_tail_closed_forms_and_edges():
+    # K = 3: g = M / S of two exponentials is at least 1/2, and P(g >= x) = 2 (1 - x); x = z / (2 + z)
+    assert solution.exact_tail(6.0, 3) == pytest.approx(0.5, rel=1e-12)
+    assert solution.exact_tail(1.0, 3) == pytest.approx(1.0)  # x = 1/3 < 1/2: always exceeded
+    assert solution.exact_tail(0.0, 10) == 1.0 and solution.exact_tail(float('inf'), 10) == 0.0
+    assert solution.exact_tail(5.0, 2) == 1.0  # one null point: no test
+    # far out, one term is left: m (1 - x)^(m - 1), here with m = 9, x = 90 / 99
+    assert solution.exact_tail(90.0, 10) == pytest.approx(9 * (9 / 99) ** 8, rel=1e-9)
+    assert all(0.0 <= solution.exact_tail(z, 1000) <= 1.0 for z in (0.5, 2.0, 5.0, 20.0))
+
+
+def test_exact_null_fires_at_its_nominal_rate_where_the_plug_in_fires_four_times_as_often(monkeypatch):
+    g = torch.Generator().manual_seed(2)
+    draws = [torch.empty(10, dtype=torch.float64).exponential_(generator=g) for _ in range(3000)]
+    plug_in = sum(solution.max_p_value(d, null='plug-in') < 0.08 for d in draws) / len(draws)
+    exact = sum(solution.max_p_value(d, null='exact') < 0.08 for d in draws) / len(draws)
+    assert 0.06 < exact < 0.10 and plug_in > 3 * exact
+    monkeypatch.setitem(solution.HYP, 'null', 'exact')  # the setting picks the default...
+    assert solution.max_p_value(draws[0]) == solution.max_p_value(draws[0], null='exact')
+    p = solution.max_p_value([1.0, 10.0, 0.0, 2.0], null='plug-in')  # ...and an explicit choice overrides it
+    assert p == pytest.approx(1 - (1 - math.exp(-10)) ** 4, rel=1e-9)
+    assert solution.max_p_value([2.0, 2.0, 2.0, 2.0]) == 1.0 and solution.max_p_value([2.0, 2.0, 2.0, 5.0]) < 1e-6
+
+
 def test_two_classes_have_no_null_and_are_called_clean():
     assert solution.max_p_value([0.0, 100.0]) == 1.0
 
