@@ -35,6 +35,8 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        data sets it cut false positives from 7 of 30 clean models to 4 (RESULTS.md).
     4. The K per-class statistics are judged by an exponential null fitted (maximum likelihood, loc =
        min, scale = mean - min) to the K-1 statistics other than the largest; p = 1 - F(max)^K.
+       HYP['null'] = 'exact' (off: it lost more backdoors than it cleared false positives, RESULTS.md)
+       takes the exact tail of the same fitted statistic instead (exact_tail).
     5. HYP['contrast'] (on): steps 1-3 run a second time with no area limit and no value bounds (a
        dense pass), and a second set of statistics, contrast(), asks which class is much easier to
        reach with a dense change than with a patch: D~ / (P~ + 1) ** 2, each pass divided by its mean
