@@ -370,13 +370,11 @@ def _project(var, start, bounds, area):
         var.copy_(start + d * (size >= kth).view(len(d), 1, *d.shape[2:]))
 
 
-def _transfer(split, h0, delta, target):
-    """Per class: the mean over images of softplus(margin) when every image gets the class's shared
-    direction (the normalised mean of its images' unit changes) at a norm of alpha times its own, the
-    best over HYP['alphas'] (a trigger's strength in feature space is not known in advance: a patch is
-    a large local change, a blend a small one everywhere). delta (k*n, C, H, W) are the optimised
-    changes, grouped by class; target (k*n,). Returns the statistics (k,) and, at the norm that gave
-    each, the pushed images' mean penultimate feature (k, F): where the class's direction lands them."""
+def _transfer_margins(split, h0, delta, target):
+    """Per norm alpha in HYP['alphas']: each image's softplus(margin) (k, n) when every image gets its class's
+    shared direction (the normalised mean of its images' unit changes) at alpha times its own activation
+    norm, and the pushed images' mean penultimate feature per class (k, F). delta (k*n, C, H, W) are the
+    optimised changes, grouped by class; target (k*n,)."""
     n = len(h0)
     k = len(delta) // n
     unit = F.normalize(delta.flatten(1), dim=1).view(k, n, -1)  # (k, n, D)
@@ -385,12 +383,23 @@ def _transfer(split, h0, delta, target):
     else:
         u = F.normalize(unit.mean(1), dim=1)[:, None, :]  # (k, 1, D)
     norm = h0.flatten(1).norm(dim=1)  # (n,)
-    best, landed = torch.zeros(k, device=h0.device), None
+    out = []
     for alpha in HYP['alphas']:
         h = h0.flatten(1)[None] + alpha * norm[None, :, None] * u  # (k, n, D)
         feats = split.pooled(h.view(k * n, *h0.shape[1:]))
-        stat = F.softplus(margin(split.linear(feats), target)).view(k, n).mean(1)
-        mean_feats = feats.view(k, n, -1).mean(1)
+        out.append((F.softplus(margin(split.linear(feats), target)).view(k, n), feats.view(k, n, -1).mean(1)))
+    return out
+
+
+def _transfer(split, h0, delta, target):
+    """Per class: the mean over images of softplus(margin) under its shared direction (_transfer_margins),
+    the best over HYP['alphas'] (a trigger's strength in feature space is not known in advance: a patch is
+    a large local change, a blend a small one everywhere). Returns the statistics (k,) and, at the norm
+    that gave each, the pushed images' mean penultimate feature (k, F): where the class's direction lands
+    them."""
+    best, landed = torch.zeros(len(delta) // len(h0), device=h0.device), None
+    for margins, mean_feats in _transfer_margins(split, h0, delta, target):
+        stat = margins.mean(1)
         landed = mean_feats if landed is None else torch.where((stat > best)[:, None], mean_feats, landed)
         best = torch.maximum(best, stat)  # NaN propagates: a model with non-finite outputs is caught
     return best, landed
@@ -689,23 +698,9 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             runs.append((stats, far))
     if not all(math.isfinite(v) for stats, far in runs for v in stats + far + own):
         raise ValueError('the model gives non-finite outputs (NaN or inf) on these images; no test is possible')
-    finals = []
-    for stats, far in runs:
-        stats = [s * f / (1.0 + o) for s, o, f in zip(stats, own, far)]
-        if transfer and HYP['log']:  # every transfer statistic is >= 0 (a softplus times factors >= 0)
-            stats = [math.log1p(s) for s in stats]
-        finals.append(stats)
+    finals, per_contrast, p, p_patch, test, judged = _decide(runs, own, transfer)
     raw, far = runs[0]
-    stats = judged = finals[0]
-    p = p_patch = max_p_value(stats)
-    dense = per_contrast = None
-    test = 'patch'
-    if contrasted:
-        dense, per_contrast = finals[1], contrast(finals[0], finals[1])
-        p_contrast = max_p_value(per_contrast)
-        if p_contrast < p_patch:  # the contrast's largest class is the suspect
-            judged, test = per_contrast, 'contrast'
-        p = 1 - (1 - min(p_patch, p_contrast)) ** 2  # Sidak: the smaller of two p-values
+    stats, dense = finals[0], finals[1] if len(finals) > 1 else None
     target = int(np.argmax(judged))
     loc, scale = exponential_fit([s for i, s in enumerate(judged) if i != target]) if num_classes > 2 else (judged[0], 0.0)
     return {
@@ -725,6 +720,28 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'images': int(len(h0)), 'steps': steps, 'data_free': data_free,
         'seconds': time.monotonic() - start, 'device': str(device),
     }
+
+
+def _decide(runs, own, transfer):
+    """From each pass's (raw statistics, landing factors) and the classes' own margins: the final
+    statistics per pass, the contrast (None with one pass), the p-value, the patch pass's own p-value,
+    which test decided ('patch' or 'contrast') and that test's statistics. A second pass (the dense
+    one) brings in the contrast."""
+    finals = []
+    for stats, far in runs:
+        stats = [s * f / (1.0 + o) for s, o, f in zip(stats, own, far)]
+        if transfer and HYP['log']:  # every transfer statistic is >= 0 (a softplus times factors >= 0)
+            stats = [math.log1p(s) for s in stats]
+        finals.append(stats)
+    judged, test, per_contrast = finals[0], 'patch', None
+    p = p_patch = max_p_value(judged)
+    if len(finals) > 1:
+        per_contrast = contrast(finals[0], finals[1])
+        p_contrast = max_p_value(per_contrast)
+        if p_contrast < p_patch:  # the contrast's largest class is the suspect
+            judged, test = per_contrast, 'contrast'
+        p = 1 - (1 - min(p_patch, p_contrast)) ** 2  # Sidak: the smaller of two p-values
+    return finals, per_contrast, p, p_patch, test, judged
 
 
 def _every_class(split, h0, labels, num_classes, chunk, steps, end, bounds, area):

@@ -1,0 +1,183 @@
+"""Record what solution.evidence() computes image by image, then score the records again offline.
+
+    python -m bench.record DIR --out cache/records/NAME [--match TEXT] [--set KEY=VALUE] [--threads 1]
+    python -m bench.record --rescore cache/records/NAME --reduce mean_other [--json out.json]
+
+Recording runs evidence() unchanged on every sample in DIR. Hooks copy, for every class and pass, each
+image's softplus margin under the class's shared direction at every norm in HYP['alphas'], where the
+pushed images land, the labels of the images, and the folder's clean penultimate features. One file per
+model (torch.save of tensors, numbers and strings; read back with weights_only=True).
+
+Rescoring rebuilds the per-class statistics from those margins under another reduction over the images,
+then applies the release's own landing factor, contrast and p-value (solution._decide), so a change to
+the statistic can be tried on many models in seconds, paired with the run that produced the record.
+Reductions: 'mean' (the release's: rescoring reproduces the recorded p-value), 'mean_other' (the mean
+over the images not labelled with the class), 'median_other' (their median). With --json the rows are
+written in bench.evaluate's format, for bench.compare. Settings that change more than the reduction
+(steps, images, area, ...) need a new recording: pass them with --set when recording.
+"""
+import argparse
+import contextlib
+import glob
+import json
+import os
+import time
+
+import torch
+
+import solution
+from bench import samples
+from bench.detectors import override
+
+
+@contextlib.contextmanager
+def _hooks(rec):
+    """Wrap the solution functions whose results the record needs; restore them on exit."""
+    orig = solution._transfer_margins, solution._every_class, solution._clean_features
+
+    def transfer_margins(split, h0, delta, target):
+        out = orig[0](split, h0, delta, target)
+        k = len(out[0][0])
+        rec['calls'].append({'classes': target.view(k, -1)[:, 0].cpu(),
+                             'margins': [m.detach().cpu() for m, _ in out],
+                             'landed': [f.detach().cpu() for _, f in out]})
+        return out
+
+    def every_class(split, h0, labels, *args):
+        rec['calls'] = []
+        out = orig[1](split, h0, labels, *args)
+        rec['passes'].append({'labels': labels.cpu(), 'calls': rec.pop('calls')})
+        return out
+
+    def clean_features(*args):
+        feats, y = orig[2](*args)
+        rec['feats'], rec['y'] = (None, None) if feats is None else (feats.detach().cpu(), y.cpu())
+        return feats, y
+    solution._transfer_margins, solution._every_class, solution._clean_features = transfer_margins, every_class, clean_features
+    try:
+        yield rec
+    finally:
+        solution._transfer_margins, solution._every_class, solution._clean_features = orig
+
+
+def record(model, num_classes, folder, transformation):
+    """evidence() on one model, and what it computed per image (see the module docstring)."""
+    rec = {'passes': [], 'feats': None, 'y': None}
+    with _hooks(rec):
+        rec['evidence'] = solution.evidence(model, num_classes, folder, transformation)
+    rec['num_classes'] = int(num_classes)
+    rec['hyp'] = {k: v for k, v in solution.HYP.items() if isinstance(v, (int, float, str, bool, tuple))}
+    return rec
+
+
+def _other(m, labels, t):
+    keep = labels != t
+    return m[keep] if 0 < int(keep.sum()) < len(labels) else m
+
+
+REDUCE = {
+    'mean': lambda m, labels, t: m.mean(),
+    'mean_other': lambda m, labels, t: _other(m, labels, t).mean(),
+    'median_other': lambda m, labels, t: _other(m, labels, t).quantile(0.5),
+}
+
+
+def rescore(rec, reduce='mean'):
+    """(p-value, suspected target, per-pass final statistics) of a record under a reduction over images."""
+    fn, hyp = REDUCE[reduce], rec['hyp']
+    k = rec['num_classes']
+    runs = []
+    for ps in rec['passes']:
+        stats, landed = [], []
+        for call in ps['calls']:
+            for j, t in enumerate(call['classes'].tolist()):
+                best, where = 0.0, None
+                for m, f in zip(call['margins'], call['landed']):  # the best over the norms, as _transfer
+                    v = float(fn(m[j], ps['labels'], t))
+                    if where is None or v > best:
+                        where = f[j]
+                    best = max(best, v)
+                stats.append(best)
+                landed.append(where)
+        far = [1.0] * k
+        if hyp['landing'] > 0 and rec['feats'] is not None:
+            far = [f ** hyp['landing'] for f in solution.landing(torch.stack(landed), rec['feats'], rec['y'], k)]
+        runs.append((stats, far))
+    own = rec['evidence']['own_margin']
+    saved = dict(solution.HYP)
+    try:
+        solution.HYP.update(hyp)  # the recording's settings (null, log, contrast_power, ...)
+        finals, _, p, _, _, judged = solution._decide(runs, own, True)
+    finally:
+        solution.HYP.clear()
+        solution.HYP.update(saved)
+    return p, max(range(k), key=lambda i: judged[i]), finals
+
+
+def _row(name, rec, p, target):
+    m = rec.get('meta', {})
+    return {'name': name, 'data': m.get('data', '-'), 'attack': m.get('attack', '-'), 'asr': m.get('asr'),
+            'split': m.get('split'), 'truth': rec['truth'], 'verdict': 0 if p < solution.P_THRESHOLD else 1,
+            'p_value': p, 'statistic': None, 'target': target, 'true_target': m.get('target'),
+            'seconds': rec['seconds'], 'peak_mib': None, 'error': None}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('root', nargs='?', help='a folder of samples to record')
+    ap.add_argument('--out', help='folder for the records (one NAME.pt per model)')
+    ap.add_argument('--match', default='', help='only samples whose folder name contains this text')
+    ap.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help="a solution HYP setting while recording")
+    ap.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    ap.add_argument('--rescore', nargs='+', metavar='RECORDS', help='folders of records to score again')
+    ap.add_argument('--reduce', default='mean', choices=sorted(REDUCE), help='reduction over images (default mean)')
+    ap.add_argument('--json', help='rescore: write the rows in bench.evaluate\'s format here')
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.rescore:
+        files = sorted(f for d in args.rescore for f in glob.glob(os.path.join(d, '*.pt')))
+        rows = []
+        for f in files:
+            rec = torch.load(f, weights_only=True)
+            p, target, _ = rescore(rec, args.reduce)
+            name = os.path.basename(f)[:-3]
+            rows.append(_row(name, rec, p, target))
+            print(f'{name:44s} truth {rec["truth"]} recorded p {rec["evidence"]["p_value"]:.3g} {args.reduce} p {p:.3g} target {target}')
+        if args.json:
+            with open(args.json, 'w') as fh:
+                json.dump({'detector': 'solution', 'settings': [f'reduce={args.reduce}'], 'root': ' '.join(args.rescore),
+                           'rows': rows}, fh, indent=1)
+        return rows
+    if not args.root or not args.out:
+        ap.error('give a sample folder and --out to record, or --rescore RECORDS')
+    saved = dict(solution.HYP)
+    try:
+        override(solution, args.set)
+        _record_all(args.root, args.out, args.match)
+    finally:  # the settings hold for this recording only
+        solution.HYP.clear()
+        solution.HYP.update(saved)
+
+
+def _record_all(root, out, match):
+    os.makedirs(out, exist_ok=True)
+    index = samples.read_index(root)
+    for folder in samples.find(root):
+        name = os.path.basename(os.path.normpath(folder))
+        path = os.path.join(out, name + '.pt')
+        if match not in name or os.path.exists(path):
+            continue
+        s = samples.read(folder)
+        model = samples.build_model(s.state_dict, s.num_classes)
+        t0 = time.perf_counter()
+        rec = record(model, s.num_classes, s.images, s.transformation)
+        rec.update(seconds=time.perf_counter() - t0, truth=s.ground_truth, meta=index.get(name, {}))
+        torch.save(rec, path)
+        ev = rec['evidence']
+        print(f'{name:44s} truth {s.ground_truth} p {ev["p_value"]:.4g} plan {ev["images"]}x{ev["steps"]} '
+              f'{rec["seconds"]:.1f} s', flush=True)
+
+
+if __name__ == '__main__':
+    main()

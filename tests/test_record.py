@@ -1,0 +1,76 @@
+"""bench.record: recording evidence() image by image leaves it unchanged, and rescoring reproduces it."""
+import math
+
+import pytest
+import torch
+
+import solution
+from bench import record
+from conftest import CIFAR_LIKE
+
+
+@pytest.fixture
+def rec(toy_model, image_folder, fast):
+    return record.record(toy_model, 10, image_folder, CIFAR_LIKE)
+
+
+def test_recording_changes_nothing(rec, toy_model, image_folder, fast):
+    plain = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert rec['evidence']['p_value'] == plain['p_value']
+    assert rec['evidence']['per_class'] == plain['per_class']
+    assert solution._transfer_margins.__name__ == '_transfer_margins'  # the hooks are gone again
+
+
+def test_record_holds_every_class_pass_and_image(rec):
+    ev = rec['evidence']
+    assert len(rec['passes']) == (2 if ev['per_class_dense'] is not None else 1)
+    for ps in rec['passes']:
+        n = len(ps['labels'])
+        assert n == ev['images']
+        assert sorted(c for call in ps['calls'] for c in call['classes'].tolist()) == list(range(10))
+        for call in ps['calls']:
+            assert len(call['margins']) == len(solution.HYP['alphas'])
+            assert all(m.shape == (len(call['classes']), n) and (m >= 0).all() for m in call['margins'])
+
+
+def test_mean_reproduces_the_recorded_p_value(rec):
+    p, target, finals = record.rescore(rec, 'mean')
+    ev = rec['evidence']
+    assert math.isclose(p, ev['p_value'], rel_tol=1e-5, abs_tol=1e-12)
+    assert target == ev['target']
+    assert finals[0] == pytest.approx(ev['per_class'], rel=1e-5)
+
+
+def test_other_reductions_leave_out_the_class_images(rec):
+    """Make class 0's own images' margins huge: the mean moves, the mean and median over the others do not."""
+    base = {r: record.rescore(rec, r)[2][0][0] for r in record.REDUCE}
+    for ps in rec['passes']:
+        own = ps['labels'] == 0
+        for call in ps['calls']:
+            j = call['classes'].tolist().index(0) if 0 in call['classes'].tolist() else None
+            if j is not None:
+                for m in call['margins']:
+                    m[j, own] += 1000.0
+    after = {r: record.rescore(rec, r)[2][0][0] for r in record.REDUCE}
+    assert after['mean'] > base['mean'] + 1
+    assert after['mean_other'] == pytest.approx(base['mean_other'])
+    assert after['median_other'] == pytest.approx(base['median_other'])
+
+
+def test_records_load_without_pickled_code(rec, tmp_path):
+    path = tmp_path / 'm.pt'
+    rec.update(seconds=1.0, truth=1, meta={'data': 'toy', 'attack': 'clean'})
+    torch.save(rec, path)
+    back = torch.load(path, weights_only=True)
+    assert record.rescore(back)[0] == record.rescore(rec)[0]
+
+
+def test_cli_records_and_rescores(smoke_zoo, tmp_path, monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'budget_s', 600.0)
+    out = tmp_path / 'records'
+    record.main([smoke_zoo, '--out', str(out), '--set', 'steps=4', '--set', 'min_steps=4', '--set', 'images=4'])
+    rows = record.main(['--rescore', str(out), '--reduce', 'mean', '--json', str(tmp_path / 'r.json')])
+    assert len(rows) == 2 and {r['truth'] for r in rows} == {0, 1}
+    recs = {r['name']: torch.load(out / f"{r['name']}.pt", weights_only=True) for r in rows}
+    for r in rows:
+        assert math.isclose(r['p_value'], recs[r['name']]['evidence']['p_value'], rel_tol=1e-5, abs_tol=1e-12)
