@@ -85,6 +85,10 @@ REDUCE = {
 def rescore(rec, reduce='mean'):
     """(p-value, suspected target, per-pass final statistics) of a record under a reduction over images."""
     fn, hyp = REDUCE[reduce], rec['hyp']
+    if hyp.get('statistic') != 'transfer' or tuple(hyp.get('snapshots', ())) != (1.0,):
+        raise ValueError("rescoring needs a record of the transfer statistic taken once, at the end "
+                         f"(statistic 'transfer', snapshots (1.0,)); this one has {hyp.get('statistic')!r}, "
+                         f"{hyp.get('snapshots')!r}")
     k = rec['num_classes']
     runs = []
     for ps in rec['passes']:

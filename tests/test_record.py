@@ -74,3 +74,9 @@ def test_cli_records_and_rescores(smoke_zoo, tmp_path, monkeypatch):
     recs = {r['name']: torch.load(out / f"{r['name']}.pt", weights_only=True) for r in rows}
     for r in rows:
         assert math.isclose(r['p_value'], recs[r['name']]['evidence']['p_value'], rel_tol=1e-5, abs_tol=1e-12)
+
+
+def test_a_record_it_cannot_rescore_is_refused(rec):
+    rec['hyp']['snapshots'] = (0.5, 1.0)  # two snapshots per class: the record holds both, mixed
+    with pytest.raises(ValueError, match='snapshots'):
+        record.rescore(rec)
