@@ -397,12 +397,25 @@ def _transfer(split, h0, delta, target):
     a large local change, a blend a small one everywhere). Returns the statistics (k,) and, at the norm
     that gave each, the pushed images' mean penultimate feature (k, F): where the class's direction lands
     them."""
-    best, landed = torch.zeros(len(delta) // len(h0), device=h0.device), None
-    for margins, mean_feats in _transfer_margins(split, h0, delta, target):
-        stat = margins.mean(1)
+    return _best_norm([(margins.mean(1), mean_feats) for margins, mean_feats in _transfer_margins(split, h0, delta, target)])
+
+
+def _best_norm(per_alpha):
+    """Per class, the largest statistic over the norms, and the landing point (mean penultimate feature)
+    at the norm that gave it; per_alpha is [(statistics (k,), landing points (k, F))], one per alpha."""
+    best, landed = torch.zeros_like(per_alpha[0][0]), None
+    for stat, mean_feats in per_alpha:
         landed = mean_feats if landed is None else torch.where((stat > best)[:, None], mean_feats, landed)
         best = torch.maximum(best, stat)  # NaN propagates: a model with non-finite outputs is caught
     return best, landed
+
+
+def _landing_factors(landed, feats, y, num_classes):
+    """Per class, landing() ** HYP['landing'] of the landing points (a list of (chunk, F) tensors); all 1
+    when the exponent is 0."""
+    if HYP['landing'] <= 0:
+        return [1.0] * num_classes
+    return [f ** HYP['landing'] for f in landing(torch.cat(landed), feats, y, num_classes)]
 
 
 def _clean_features(split, h_all, labels, num_classes, batch=64):
@@ -692,9 +705,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         for j, (area, pass_bounds) in enumerate(passes):
             end = t0 + (deadline - t0) * (j + 1) / len(passes)
             stats, landed = _every_class(split, h0, l0, num_classes, chunk, steps, end, pass_bounds, area)
-            far = [1.0] * num_classes
-            if lands:
-                far = [f ** HYP['landing'] for f in landing(torch.cat(landed), feats, y, num_classes)]
+            far = _landing_factors(landed, feats, y, num_classes) if transfer else [1.0] * num_classes
             runs.append((stats, far))
     if not all(math.isfinite(v) for stats, far in runs for v in stats + far + own):
         raise ValueError('the model gives non-finite outputs (NaN or inf) on these images; no test is possible')

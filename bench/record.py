@@ -90,28 +90,21 @@ def rescore(rec, reduce='mean'):
                          f"(statistic 'transfer', snapshots (1.0,)); this one has {hyp.get('statistic')!r}, "
                          f"{hyp.get('snapshots')!r}")
     k = rec['num_classes']
-    runs = []
-    for ps in rec['passes']:
-        stats, landed = [], []
-        for call in ps['calls']:
-            for j, t in enumerate(call['classes'].tolist()):
-                best, where = 0.0, None
-                for m, f in zip(call['margins'], call['landed']):  # the best over the norms, as _transfer
-                    v = float(fn(m[j], ps['labels'], t))
-                    if where is None or v > best:
-                        where = f[j]
-                    best = max(best, v)
-                stats.append(best)
-                landed.append(where)
-        far = [1.0] * k
-        if hyp['landing'] > 0 and rec['feats'] is not None:
-            far = [f ** hyp['landing'] for f in solution.landing(torch.stack(landed), rec['feats'], rec['y'], k)]
-        runs.append((stats, far))
-    own = rec['evidence']['own_margin']
     saved = dict(solution.HYP)
     try:
-        solution.HYP.update(hyp)  # the recording's settings (null, log, contrast_power, ...)
-        finals, _, p, _, _, judged = solution._decide(runs, own, True)
+        solution.HYP.update(hyp)  # the recording's settings (landing, null, log, contrast_power, ...)
+        runs = []
+        for ps in rec['passes']:
+            stats, landed = [], []
+            for call in ps['calls']:
+                classes = call['classes'].tolist()
+                per_alpha = [(torch.stack([fn(m[j], ps['labels'], t) for j, t in enumerate(classes)]), f)
+                             for m, f in zip(call['margins'], call['landed'])]
+                best, where = solution._best_norm(per_alpha)  # the best over the norms, as _transfer
+                stats += best.tolist()
+                landed.append(where)
+            runs.append((stats, solution._landing_factors(landed, rec['feats'], rec['y'], k)))
+        finals, _, p, _, _, judged = solution._decide(runs, rec['evidence']['own_margin'], True)
     finally:
         solution.HYP.clear()
         solution.HYP.update(saved)
