@@ -117,11 +117,12 @@ def main(argv=None):
     ap.add_argument('root', help='a zoo written by bench.zoo (or one of its samples)')
     ap.add_argument('--json', default=None, help='write rows and the per-attack table here')
     ap.add_argument('--match', default='', help='only samples whose folder name contains this text')
+    ap.add_argument('--exact', action='store_true', help='--match names the whole folder name')
     ap.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s own)')
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    folders = [f for f in samples.find(args.root) if args.match in os.path.basename(f)]
+    folders = samples.find(args.root, args.match, args.exact)
     if not folders:
         raise SystemExit(f'{args.root}: no sample folders (folders holding metadata.pt)')
     index = read_index(args.root)

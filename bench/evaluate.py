@@ -244,6 +244,7 @@ def main(argv=None):
     ap.add_argument('--json', default=None, help='write rows and summary here (default: none)')
     ap.add_argument('--png', default=None, help='ROC and p-value plot (default: beside --json)')
     ap.add_argument('--match', default='', help='only samples whose folder name contains this text')
+    ap.add_argument('--exact', action='store_true', help='--match names the whole folder name')
     ap.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                     help='override one of the detector\'s HYP settings (repeatable), for ablations')
     ap.add_argument('--explain', default=None, metavar='DIR',
@@ -257,7 +258,7 @@ def main(argv=None):
         raise SystemExit(f'{args.root}: not a folder')
     detector = load_detector(args.detector)
     override(detector, args.set)
-    folders = [f for f in samples.find(args.root) if args.match in os.path.basename(f)]
+    folders = samples.find(args.root, args.match, args.exact)
     if not folders:
         raise SystemExit(f'{args.root}: no sample folders (folders holding metadata.pt)')
     index = read_index(args.root)

@@ -1,6 +1,6 @@
 """Record what solution.evidence() computes image by image, then score the records again offline.
 
-    python -m bench.record DIR --out cache/records/NAME [--match TEXT] [--set KEY=VALUE] [--threads 1]
+    python -m bench.record DIR --out cache/records/NAME [--match TEXT [--exact]] [--set KEY=VALUE] [--threads 1]
     python -m bench.record --rescore cache/records/NAME --reduce mean_other [--json out.json]
 
 Recording runs evidence() unchanged on every sample in DIR. Hooks copy, for every class and pass, each
@@ -124,6 +124,7 @@ def main(argv=None):
     ap.add_argument('root', nargs='?', help='a folder of samples to record')
     ap.add_argument('--out', help='folder for the records (one NAME.pt per model)')
     ap.add_argument('--match', default='', help='only samples whose folder name contains this text')
+    ap.add_argument('--exact', action='store_true', help='--match names the whole folder name')
     ap.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help="a solution HYP setting while recording")
     ap.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     ap.add_argument('--rescore', nargs='+', metavar='RECORDS', help='folders of records to score again')
@@ -151,19 +152,19 @@ def main(argv=None):
     saved = dict(solution.HYP)
     try:
         override(solution, args.set)
-        _record_all(args.root, args.out, args.match)
+        _record_all(args.root, args.out, args.match, args.exact)
     finally:  # the settings hold for this recording only
         solution.HYP.clear()
         solution.HYP.update(saved)
 
 
-def _record_all(root, out, match):
+def _record_all(root, out, match, exact):
     os.makedirs(out, exist_ok=True)
     index = samples.read_index(root)
-    for folder in samples.find(root):
+    for folder in samples.find(root, match, exact):
         name = os.path.basename(os.path.normpath(folder))
         path = os.path.join(out, name + '.pt')
-        if match not in name or os.path.exists(path):
+        if os.path.exists(path):
             continue
         s = samples.read(folder)
         model = samples.build_model(s.state_dict, s.num_classes)

@@ -161,17 +161,20 @@ def is_sample(folder):
     return os.path.isfile(os.path.join(folder, 'metadata.pt'))
 
 
-def find(root):
-    """Sample folders under root (root itself if it is one), sorted."""
+def find(root, match='', exact=False):
+    """Sample folders under root (root itself if it is one), sorted; only those whose folder name
+    contains `match` (with exact: is `match`; an empty match keeps all)."""
     if is_sample(root):
-        return [root]
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):  # a set may link its samples
-        if 'metadata.pt' in filenames:
-            out.append(dirpath)
-            dirnames[:] = []
-        dirnames.sort()
-    return sorted(out)
+        out = [root]
+    else:
+        out = []
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):  # a set may link its samples
+            if 'metadata.pt' in filenames:
+                out.append(dirpath)
+                dirnames[:] = []
+            dirnames.sort()
+    names = {f: os.path.basename(os.path.normpath(f)) for f in out}
+    return sorted(f for f in out if not match or (names[f] == match if exact else match in names[f]))
 
 
 def load_images(folder, transformation):

@@ -77,3 +77,12 @@ def test_find_lists_sample_folders(tmp_path):
     _write(tmp_path / 'b')
     _write(tmp_path / 'a' / 'nested')
     assert samples.find(str(tmp_path)) == [str(tmp_path / 'a' / 'nested'), str(tmp_path / 'b')]
+
+
+def test_find_filters_by_folder_name(tmp_path):
+    for name in ('m-s1', 'm-s100', 'x-s1'):
+        _write(tmp_path / name)
+    assert samples.find(str(tmp_path), 'm-s1') == [str(tmp_path / 'm-s1'), str(tmp_path / 'm-s100')]
+    assert samples.find(str(tmp_path), 'm-s1', exact=True) == [str(tmp_path / 'm-s1')]
+    assert samples.find(str(tmp_path / 'x-s1'), 'm-s1') == []  # a sample given directly is filtered too
+    assert samples.find(str(tmp_path), 's1', exact=True) == []
