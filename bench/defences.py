@@ -26,7 +26,7 @@ from bench.samples import WEAK_ASR, read_index
 
 def run_one(folder, meta):
     """One row: STRIP and pruning figures for one sample folder (error rows say why not)."""
-    name = os.path.basename(os.path.normpath(folder))
+    name = samples.name_of(folder)
     row = {'name': name, 'attack': meta.get('attack', '-'), 'asr': meta.get('asr'), 'error': None}
     try:
         s = samples.read(folder)
@@ -129,7 +129,7 @@ def main(argv=None):
     print('row: STRIP far/frr %, unpruned clean acc and ASR, then per drop -D:acc/asr/GoodNet-flagged %')
     rows = []
     for folder in folders:
-        rows.append(run_one(folder, index.get(os.path.basename(os.path.normpath(folder)), {})))
+        rows.append(run_one(folder, index.get(samples.name_of(folder), {})))
         print(fmt_row(rows[-1]), flush=True)
     table = summarise(rows)
     print_summary(table)

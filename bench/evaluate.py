@@ -68,7 +68,7 @@ class PeakMemory:
 def run_one(detector, folder, meta, explain_dir=None, detector_name='solution'):
     """One row for one sample folder; load errors become an error row. With explain_dir, a model the
     detector gets wrong also gets its picture (bench/explain.py) there, named in the row."""
-    name = os.path.basename(os.path.normpath(folder))
+    name = samples.name_of(folder)
     row = {'name': name, 'data': meta.get('data', '-'), 'attack': meta.get('attack', '-'),
            'asr': meta.get('asr'), 'split': meta.get('split'), 'truth': None, 'verdict': None, 'p_value': None, 'statistic': None,
            'target': None, 'true_target': meta.get('target'), 'seconds': None, 'peak_mib': None, 'error': None}
@@ -267,7 +267,7 @@ def main(argv=None):
     print(COLUMNS.format('model', 'data', 'attack', 'truth', 'statistic', 'p-value', 'verdict', 'seconds', 'peak_MiB'))
     rows = []
     for folder in folders:
-        row = run_one(detector, folder, index.get(os.path.basename(os.path.normpath(folder)), {}),
+        row = run_one(detector, folder, index.get(samples.name_of(folder), {}),
                       args.explain, args.detector)
         rows.append(row)
         print(fmt_row(row), flush=True)

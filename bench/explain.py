@@ -130,7 +130,7 @@ def main(argv=None):
         raise SystemExit(str(e))
     ev = detector.evidence(model, s.num_classes, s.images, s.transformation)
     truth = {0: 'backdoored', 1: 'clean'}.get(s.ground_truth, 'unknown')
-    title = f'{args.detector} on {os.path.basename(os.path.normpath(args.sample))} (truth: {truth})'
+    title = f'{args.detector} on {samples.name_of(args.sample)} (truth: {truth})'
     if render(ev, model, s.images, s.transformation, args.out, title):
         print(f'picture: {args.out}')
 

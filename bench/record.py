@@ -31,6 +31,17 @@ from bench.detectors import override
 
 
 @contextlib.contextmanager
+def _restoring_hyp():
+    """solution.HYP as it was on entry, again on exit: settings changed inside hold for that block only."""
+    saved = dict(solution.HYP)
+    try:
+        yield solution.HYP
+    finally:
+        solution.HYP.clear()
+        solution.HYP.update(saved)
+
+
+@contextlib.contextmanager
 def _hooks(rec):
     """Wrap the solution functions whose results the record needs; restore them on exit."""
     orig = solution._transfer_margins, solution._every_class, solution._clean_features
@@ -90,9 +101,8 @@ def rescore(rec, reduce='mean'):
                          f"(statistic 'transfer', snapshots (1.0,)); this one has {hyp.get('statistic')!r}, "
                          f"{hyp.get('snapshots')!r}")
     k = rec['num_classes']
-    saved = dict(solution.HYP)
-    try:
-        solution.HYP.update(hyp)  # the recording's settings (landing, null, log, contrast_power, ...)
+    with _restoring_hyp() as settings:
+        settings.update(hyp)  # the recording's settings (landing, null, log, contrast_power, ...)
         runs = []
         for ps in rec['passes']:
             stats, landed = [], []
@@ -105,9 +115,6 @@ def rescore(rec, reduce='mean'):
                 landed.append(where)
             runs.append((stats, solution._landing_factors(landed, rec['feats'], rec['y'], k)))
         finals, _, p, _, _, judged = solution._decide(runs, rec['evidence']['own_margin'], True)
-    finally:
-        solution.HYP.clear()
-        solution.HYP.update(saved)
     return p, max(range(k), key=lambda i: judged[i]), finals
 
 
@@ -149,20 +156,16 @@ def main(argv=None):
         return rows
     if not args.root or not args.out:
         ap.error('give a sample folder and --out to record, or --rescore RECORDS')
-    saved = dict(solution.HYP)
-    try:
+    with _restoring_hyp():  # the settings hold for this recording only
         override(solution, args.set)
         _record_all(args.root, args.out, args.match, args.exact)
-    finally:  # the settings hold for this recording only
-        solution.HYP.clear()
-        solution.HYP.update(saved)
 
 
 def _record_all(root, out, match, exact):
     os.makedirs(out, exist_ok=True)
     index = samples.read_index(root)
     for folder in samples.find(root, match, exact):
-        name = os.path.basename(os.path.normpath(folder))
+        name = samples.name_of(folder)
         path = os.path.join(out, name + '.pt')
         if os.path.exists(path):
             continue

@@ -161,6 +161,11 @@ def is_sample(folder):
     return os.path.isfile(os.path.join(folder, 'metadata.pt'))
 
 
+def name_of(folder):
+    """A sample's name: its folder's own name (the key of zoo.jsonl and of records)."""
+    return os.path.basename(os.path.normpath(folder))
+
+
 def find(root, match='', exact=False):
     """Sample folders under root (root itself if it is one), sorted; only those whose folder name
     contains `match` (with exact: is `match`; an empty match keeps all)."""
@@ -173,8 +178,7 @@ def find(root, match='', exact=False):
                 out.append(dirpath)
                 dirnames[:] = []
             dirnames.sort()
-    names = {f: os.path.basename(os.path.normpath(f)) for f in out}
-    return sorted(f for f in out if not match or (names[f] == match if exact else match in names[f]))
+    return sorted(f for f in out if not match or (name_of(f) == match if exact else match in name_of(f)))
 
 
 def load_images(folder, transformation):
