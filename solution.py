@@ -103,6 +103,7 @@ HYP = {
     'alphas': (0.5, 1.0),    # transfer: the shared direction's norms tried, as shares of each image's activation norm
     'own_norm': False,       # transfer: divide each class's statistic by 1 + its clean images' mean softplus margin
     'leave_one_out': False,  # transfer: each image gets the shared direction of the other images' changes, not one that includes its own
+    'core': 0.0,             # transfer, patch test: multiply each class's statistic by min(1, C / S) to this power (0 = off), C its statistic under the shared direction cut to one patch (_core)
     'landing': 1.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction lands from its clean images
     'log': False,            # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
@@ -370,11 +371,24 @@ def _project(var, start, bounds, area):
         var.copy_(start + d * (size >= kth).view(len(d), 1, *d.shape[2:]))
 
 
-def _transfer_margins(split, h0, delta, target):
+def _core(u, shape, area):
+    """The directions u (k, m, D) cut to the `area` share of positions (of the map `shape`, (C, H, W))
+    where each has the most energy (squared L2 over channels), renormalised: one patch at one place."""
+    k, m = u.shape[:2]
+    energy = u.view(k, m, shape[0], -1).pow(2).sum(2)  # (k, m, H*W)
+    top = energy.topk(max(1, round(area * energy.shape[2])), dim=2).indices  # exactly that many, ties or not
+    keep = torch.zeros_like(energy).scatter_(2, top, 1.0)
+    kept = u.view(k, m, shape[0], -1) * keep[:, :, None, :]
+    return F.normalize(kept.reshape(k, m, -1), dim=2)
+
+
+def _transfer_margins(split, h0, delta, target, area=0.0):
     """Per norm alpha in HYP['alphas']: each image's softplus(margin) (k, n) when every image gets its class's
     shared direction (the normalised mean of its images' unit changes) at alpha times its own activation
     norm, and the pushed images' mean penultimate feature per class (k, F). delta (k*n, C, H, W) are the
-    optimised changes, grouped by class; target (k*n,)."""
+    optimised changes, grouped by class; target (k*n,). With HYP['core'] and an `area` (the patch pass),
+    a third entry per norm: the softplus margins (k, n) under the direction cut to one patch (_core);
+    else None."""
     n = len(h0)
     k = len(delta) // n
     unit = F.normalize(delta.flatten(1), dim=1).view(k, n, -1)  # (k, n, D)
@@ -382,22 +396,42 @@ def _transfer_margins(split, h0, delta, target):
         u = F.normalize(unit.sum(1, keepdim=True) - unit, dim=2)  # (k, n, D)
     else:
         u = F.normalize(unit.mean(1), dim=1)[:, None, :]  # (k, 1, D)
+    cut = _core(u, h0.shape[1:], area) if HYP['core'] and area else None
     norm = h0.flatten(1).norm(dim=1)  # (n,)
+
+    def push(direction, alpha):
+        h = h0.flatten(1)[None] + alpha * norm[None, :, None] * direction  # (k, n, D)
+        feats = split.pooled(h.view(k * n, *h0.shape[1:]))
+        return F.softplus(margin(split.linear(feats), target)).view(k, n), feats.view(k, n, -1).mean(1)
     out = []
     for alpha in HYP['alphas']:
-        h = h0.flatten(1)[None] + alpha * norm[None, :, None] * u  # (k, n, D)
-        feats = split.pooled(h.view(k * n, *h0.shape[1:]))
-        out.append((F.softplus(margin(split.linear(feats), target)).view(k, n), feats.view(k, n, -1).mean(1)))
+        margins, mean_feats = push(u, alpha)
+        out.append((margins, mean_feats, None if cut is None else push(cut, alpha)[0]))
     return out
 
 
-def _transfer(split, h0, delta, target):
+def _transfer(split, h0, delta, target, area=0.0):
     """Per class: the mean over images of softplus(margin) under its shared direction (_transfer_margins),
     the best over HYP['alphas'] (a trigger's strength in feature space is not known in advance: a patch is
     a large local change, a blend a small one everywhere). Returns the statistics (k,) and, at the norm
     that gave each, the pushed images' mean penultimate feature (k, F): where the class's direction lands
-    them."""
-    return _best_norm([(margins.mean(1), mean_feats) for margins, mean_feats in _transfer_margins(split, h0, delta, target)])
+    them. Third: with HYP['core'] on the patch pass, each class's best mean margin over the norms under
+    its direction cut to one patch (k,), else None."""
+    out = _transfer_margins(split, h0, delta, target, area)
+    stats, landed = _best_norm([(margins.mean(1), mean_feats) for margins, mean_feats, _ in out])
+    cut = None if out[0][2] is None else torch.stack([c.mean(1) for _, _, c in out]).amax(0)
+    return stats, landed, cut
+
+
+def core_factors(stats, cut):
+    """Per class, min(1, C / S) ** HYP['core'] of its statistic S and its statistic C under the
+    direction cut to one patch (_core); all 1 when cut is None. A trigger is one patch at one place,
+    so its direction keeps its effect when cut to its strongest positions; a naturally easy class is
+    reached by a change in a different place in each image, and its mean direction, spread over
+    many positions, loses most of its effect when cut."""
+    if cut is None or not HYP['core']:
+        return [1.0] * len(stats)
+    return [min(1.0, c / s) ** HYP['core'] if s > 0 else 1.0 for s, c in zip(stats, cut)]
 
 
 def _best_norm(per_alpha):
@@ -501,10 +535,10 @@ def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None, 
     transfer = HYP['statistic'] == 'transfer'
     best = torch.full((k,), float('-inf'), device=h0.device)  # statistic 'margin': the best over the steps
     marks = {max(1, round(share * steps)) for share in HYP['snapshots']} if transfer else set()
-    taken, done = [], 0  # transfer: (statistics, landing points) at each mark; steps run so far
+    taken, done = [], 0  # transfer: (statistics, landing points, cut statistics) at each mark; steps run so far
 
     def snapshot():
-        return _transfer(split, h0, current() - start, target)
+        return _transfer(split, h0, current() - start, target, area)
     for step in range(steps):
         for g in opt.param_groups:
             g['lr'] = _lr_at(step, steps)
@@ -529,10 +563,10 @@ def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None, 
         if transfer:
             if done not in marks:  # the last state counts when no mark took it (the deadline stopped the loop)
                 taken.append(snapshot())
-            stats, landed = (torch.stack(v).mean(0) for v in zip(*taken))
-            return stats.tolist(), landed
+            stats, landed, cut = (None if v[0] is None else torch.stack(v).mean(0) for v in zip(*taken))
+            return stats.tolist(), landed, None if cut is None else cut.tolist()
         best = torch.maximum(best, _reduce(margin(split.logits(current()), target).view(k, n), keep))
-    return best.tolist(), None
+    return best.tolist(), None, None
 
 
 def _step_seconds(split, h_all, num_classes, chunk, bounds):
@@ -655,7 +689,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     for key, choices in CHOICES.items():
         if HYP[key] not in choices:
             raise ValueError(f"HYP['{key}'] is {HYP[key]!r}; choose one of {choices}")
-    for key, zero in (('landing', 'off'), ('contrast_power', 'the dense pass alone')):  # exponents
+    for key, zero in (('landing', 'off'), ('contrast_power', 'the dense pass alone'), ('core', 'off')):  # exponents
         v = HYP[key]
         if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise ValueError(f"HYP['{key}'] is {v!r}; it is an exponent, a number >= 0 (0 = {zero})")
@@ -701,16 +735,16 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         chosen = _balanced_indices(labels, n)
         h0, l0 = h_all[chosen], labels[chosen]
         t0 = time.monotonic()
-        runs = []  # per pass: (raw statistics, landing factors)
+        runs = []  # per pass: (raw statistics, landing factors, core factors)
         for j, (area, pass_bounds) in enumerate(passes):
             end = t0 + (deadline - t0) * (j + 1) / len(passes)
-            stats, landed = _every_class(split, h0, l0, num_classes, chunk, steps, end, pass_bounds, area)
+            stats, landed, cut = _every_class(split, h0, l0, num_classes, chunk, steps, end, pass_bounds, area)
             far = _landing_factors(landed, feats, y, num_classes) if transfer else [1.0] * num_classes
-            runs.append((stats, far))
-    if not all(math.isfinite(v) for stats, far in runs for v in stats + far + own):
+            runs.append((stats, far, core_factors(stats, cut)))
+    if not all(math.isfinite(v) for run in runs for v in run[0] + run[1] + run[2] + own):
         raise ValueError('the model gives non-finite outputs (NaN or inf) on these images; no test is possible')
     finals, per_contrast, p, p_patch, test, judged = _decide(runs, own, transfer)
-    raw, far = runs[0]
+    raw, far, cores = runs[0]
     stats, dense = finals[0], finals[1] if len(finals) > 1 else None
     target = int(np.argmax(judged))
     loc, scale = exponential_fit([s for i, s in enumerate(judged) if i != target]) if num_classes > 2 else (judged[0], 0.0)
@@ -720,10 +754,11 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'judged': test,                          # the test with the smaller p-value: 'patch' (per_class) or 'contrast'
         'statistic': judged[target],             # that test's largest statistic
         'target': target,                        # the class it belongs to: the suspected backdoor target
-        'per_class': stats,                      # the patch pass's statistics (steps 1-3)
+        'per_class': stats,                      # the patch test's statistics (steps 1-3, and the core factor)
         'per_class_raw': raw,                    # before the factors below (and the log)
         'own_margin': own,                       # per class: its clean images' mean softplus margin (own_norm)
         'landing': far,                          # per class: the factor landing() ** HYP['landing'] (1 when off)
+        'core': cores,                           # per class: the factor core_factors() (1 when off)
         'p_patch': p_patch,                      # the patch pass's own p-value (= p_value without the contrast)
         'per_class_dense': dense,                # contrast: the dense pass's statistics (None when off)
         'per_class_contrast': per_contrast,      # contrast: contrast() of the two passes (None when off)
@@ -734,20 +769,23 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
 
 
 def _decide(runs, own, transfer):
-    """From each pass's (raw statistics, landing factors) and the classes' own margins: the final
-    statistics per pass, the contrast (None with one pass), the p-value, the patch pass's own p-value,
-    which test decided ('patch' or 'contrast') and that test's statistics. A second pass (the dense
-    one) brings in the contrast."""
-    finals = []
-    for stats, far in runs:
-        stats = [s * f / (1.0 + o) for s, o, f in zip(stats, own, far)]
+    """From each pass's (raw statistics, landing factors, core factors) and the classes' own margins:
+    the final statistics per pass, the contrast (None with one pass), the p-value, the patch test's own
+    p-value, which test decided ('patch' or 'contrast') and that test's statistics. The core factors
+    enter the patch test only: the contrast asks how easy a class is with a patch at all. A second
+    pass (the dense one) brings in the contrast."""
+    finals, plain = [], []
+    for stats, far, cores in runs:
+        base = [s * f / (1.0 + o) for s, o, f in zip(stats, own, far)]
+        stats = [b * c for b, c in zip(base, cores)]
         if transfer and HYP['log']:  # every transfer statistic is >= 0 (a softplus times factors >= 0)
-            stats = [math.log1p(s) for s in stats]
+            base, stats = [math.log1p(s) for s in base], [math.log1p(s) for s in stats]
         finals.append(stats)
+        plain.append(base)
     judged, test, per_contrast = finals[0], 'patch', None
     p = p_patch = max_p_value(judged)
     if len(finals) > 1:
-        per_contrast = contrast(finals[0], finals[1])
+        per_contrast = contrast(plain[0], plain[1])
         p_contrast = max_p_value(per_contrast)
         if p_contrast < p_patch:  # the contrast's largest class is the suspect
             judged, test = per_contrast, 'contrast'
@@ -760,15 +798,16 @@ def _every_class(split, h0, labels, num_classes, chunk, steps, end, bounds, area
     (a list of (chunk, F) tensors; None entries for the 'margin' statistic). Chunk i stops at its mark,
     (i + 1) / chunks of the time left until `end`: a slow chunk (the machine got busier after the plan
     was made) cannot leave the later classes a step each."""
-    stats, landed = [], []
+    stats, landed, cut = [], [], []
     firsts = range(0, num_classes, chunk)
     t0 = time.monotonic()
     for i, c in enumerate(firsts):
         mark = t0 + (end - t0) * (i + 1) / len(firsts)
-        s, where = _class_statistics(split, h0, labels, list(range(c, min(num_classes, c + chunk))), steps, mark, bounds, area)
+        s, where, c_cut = _class_statistics(split, h0, labels, list(range(c, min(num_classes, c + chunk))), steps, mark, bounds, area)
         stats += s
         landed.append(where)
-    return stats, landed
+        cut = None if c_cut is None or cut is None else cut + c_cut
+    return stats, landed, cut
 
 
 def contrast(patch, dense):

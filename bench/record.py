@@ -46,12 +46,13 @@ def _hooks(rec):
     """Wrap the solution functions whose results the record needs; restore them on exit."""
     orig = solution._transfer_margins, solution._every_class, solution._clean_features
 
-    def transfer_margins(split, h0, delta, target):
-        out = orig[0](split, h0, delta, target)
+    def transfer_margins(split, h0, delta, target, *rest):
+        out = orig[0](split, h0, delta, target, *rest)
         k = len(out[0][0])
         rec['calls'].append({'classes': target.view(k, -1)[:, 0].cpu(),
-                             'margins': [m.detach().cpu() for m, _ in out],
-                             'landed': [f.detach().cpu() for _, f in out]})
+                             'margins': [m.detach().cpu() for m, _, _ in out],
+                             'landed': [f.detach().cpu() for _, f, _ in out],
+                             'cut': [None if c is None else c.detach().cpu() for _, _, c in out]})
         return out
 
     def every_class(split, h0, labels, *args):
@@ -105,15 +106,19 @@ def rescore(rec, reduce='mean'):
         settings.update(hyp)  # the recording's settings (landing, null, log, contrast_power, ...)
         runs = []
         for ps in rec['passes']:
-            stats, landed = [], []
+            stats, landed, cut = [], [], []
             for call in ps['calls']:
                 classes = call['classes'].tolist()
-                per_alpha = [(torch.stack([fn(m[j], ps['labels'], t) for j, t in enumerate(classes)]), f)
-                             for m, f in zip(call['margins'], call['landed'])]
+
+                def reduced(margins):
+                    return torch.stack([fn(margins[j], ps['labels'], t) for j, t in enumerate(classes)])
+                per_alpha = [(reduced(m), f) for m, f in zip(call['margins'], call['landed'])]
                 best, where = solution._best_norm(per_alpha)  # the best over the norms, as _transfer
                 stats += best.tolist()
                 landed.append(where)
-            runs.append((stats, solution._landing_factors(landed, rec['feats'], rec['y'], k)))
+                cuts = call.get('cut', [None])
+                cut = None if cut is None or cuts[0] is None else cut + torch.stack([reduced(c) for c in cuts]).amax(0).tolist()
+            runs.append((stats, solution._landing_factors(landed, rec['feats'], rec['y'], k), solution.core_factors(stats, cut)))
         finals, _, p, _, _, judged = solution._decide(runs, rec['evidence']['own_margin'], True)
     return p, max(range(k), key=lambda i: judged[i]), finals
 

@@ -41,6 +41,18 @@ def test_mean_reproduces_the_recorded_p_value(rec):
     assert finals[0] == pytest.approx(ev['per_class'], rel=1e-5)
 
 
+def test_mean_reproduces_a_record_taken_with_the_core_factor(toy_model, image_folder, fast, monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'core', 1.0)
+    rec = record.record(toy_model, 10, image_folder, CIFAR_LIKE)
+    ev = rec['evidence']
+    assert any(f < 1 for f in ev['core'])  # the factor is in play on this model
+    assert all(c is not None for call in rec['passes'][0]['calls'] for c in call['cut'])  # the patch pass's cut margins
+    monkeypatch.setitem(solution.HYP, 'core', 0.0)  # rescoring takes the setting from the record
+    p, target, finals = record.rescore(rec, 'mean')
+    assert math.isclose(p, ev['p_value'], rel_tol=1e-5, abs_tol=1e-12)
+    assert finals[0] == pytest.approx(ev['per_class'], rel=1e-5)
+
+
 def test_other_reductions_leave_out_the_class_images(rec):
     """Make class 0's own images' margins huge: the mean moves, the mean and median over the others do not."""
     base = {r: record.rescore(rec, r)[2][0][0] for r in record.REDUCE}

@@ -157,7 +157,7 @@ def test_transfer_rewards_one_direction_shared_by_all_images(monkeypatch):
     sign = torch.sign((scattered.flatten(1) * (w[1] - w[0])).sum(1)).view(8, 1, 1, 1)
     scattered = scattered * sign
     target = torch.tensor([0, 1]).repeat_interleave(8)
-    stats, landed = solution._transfer(_LinearHead(w), h0, torch.cat([agreeing, scattered]), target)
+    stats, landed, _ = solution._transfer(_LinearHead(w), h0, torch.cat([agreeing, scattered]), target)
     assert stats[0] > 5 * stats[1]
     u0 = torch.nn.functional.normalize(agreeing.flatten(1), dim=1).mean(0)
     expected = h0.flatten(1) + h0.flatten(1).norm(dim=1, keepdim=True) * u0 / u0.norm()
@@ -172,7 +172,7 @@ def test_leave_one_out_pushes_each_image_by_the_other_images_changes(monkeypatch
     w = torch.randn(2, d, generator=g)
     h0 = torch.randn(3, d, 1, 1, generator=g)
     delta = torch.randn(3, d, 1, 1, generator=g)
-    _, landed = solution._transfer(_LinearHead(w), h0, delta, torch.zeros(3, dtype=torch.long))
+    _, landed, _ = solution._transfer(_LinearHead(w), h0, delta, torch.zeros(3, dtype=torch.long))
     unit = torch.nn.functional.normalize(delta.flatten(1), dim=1)
     others = torch.nn.functional.normalize(unit.sum(0, keepdim=True) - unit, dim=1)  # row i: all but image i
     expected = h0.flatten(1) + h0.flatten(1).norm(dim=1, keepdim=True) * others
@@ -180,7 +180,7 @@ def test_leave_one_out_pushes_each_image_by_the_other_images_changes(monkeypatch
     own = h0.flatten(1) + h0.flatten(1).norm(dim=1, keepdim=True) * torch.nn.functional.normalize(unit.mean(0), dim=0)
     assert not torch.allclose(landed[0], own.mean(0), atol=1e-3)  # not the shared direction of all three
     # one image has no others: it keeps its own change rather than getting none
-    _, alone = solution._transfer(_LinearHead(w), h0[:1], delta[:1], torch.zeros(1, dtype=torch.long))
+    _, alone, _ = solution._transfer(_LinearHead(w), h0[:1], delta[:1], torch.zeros(1, dtype=torch.long))
     assert torch.allclose(alone[0], h0[0].flatten() + h0[0].norm() * unit[0], atol=1e-5)
 
 
@@ -195,6 +195,53 @@ def test_own_margins_average_each_class_over_its_own_images():
     assert own[0] == pytest.approx(float(sp(torch.tensor([2.0, 4.0])).mean()))
     assert own[1] == pytest.approx(float(sp(torch.tensor(1.0))))
     assert own[2] == 0.0  # no image of class 2: divided by 1
+
+
+def test_core_keeps_each_direction_at_its_strongest_positions_renormalised():
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(2, 1, 3 * 4 * 4, generator=g)  # two classes' directions over a (3, 4, 4) map
+    cut = solution._core(u, (3, 4, 4), 2 / 16)
+    assert torch.allclose(cut.norm(dim=2), torch.ones(2, 1))
+    for j in range(2):
+        energy = u[j, 0].view(3, 16).pow(2).sum(0)
+        kept = (cut[j, 0].view(3, 16).abs().sum(0) > 0).nonzero()[:, 0]
+        assert set(kept.tolist()) == set(energy.topk(2).indices.tolist())
+        for pos in kept.tolist():  # same shape there, only rescaled
+            ratio = cut[j, 0].view(3, 16)[:, pos] / u[j, 0].view(3, 16)[:, pos]
+            assert torch.allclose(ratio, ratio[0].expand(3))
+
+
+class _PooledHead(_LinearHead):
+    """As _LinearHead, but the penultimate features are the activation's spatial mean, as a network's."""
+
+    def pooled(self, h):
+        return h.mean((2, 3))
+
+
+def test_core_factor_discounts_a_direction_spread_over_positions(monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'alphas', (1.0,))
+    monkeypatch.setitem(solution.HYP, 'core', 1.0)
+    g = torch.Generator().manual_seed(3)
+    c = 4
+    w = 10 * torch.randn(2, c, generator=g)  # margins well above softplus's floor
+    toward0 = (w[0] - w[1]).view(c, 1)
+    h0 = 0.1 * torch.randn(6, c, 4, 4, generator=g)
+    # class 0: every image changes the same two positions; class 1 (towards class 0 too, so equally
+    # effective uncut): each image changes its own two positions, so the mean direction is spread out
+    here = torch.zeros(6, c, 16)
+    here[:, :, [0, 1]] = toward0
+    spread = torch.zeros(6, c, 16)
+    for i in range(6):
+        spread[i, :, [2 * i, 2 * i + 1]] = toward0
+    delta = torch.cat([here, spread]).view(12, c, 4, 4)
+    target = torch.zeros(12, dtype=torch.long)  # both pushed towards class 0
+    stats, _, cut = solution._transfer(_PooledHead(w), h0, delta, target, area=2 / 16)
+    factors = solution.core_factors(stats, cut)
+    assert factors[0] == pytest.approx(1.0, abs=1e-3)  # one patch at one place: cutting keeps it
+    assert factors[1] < 0.6  # spread over 12 positions: cut to 2, it loses its effect
+    assert solution.core_factors(stats, None) == [1.0, 1.0]
+    monkeypatch.setitem(solution.HYP, 'core', 0.0)
+    assert solution._transfer(_PooledHead(w), h0, delta, target, area=2 / 16)[2] is None  # off: not computed
 
 
 def test_landing_is_small_on_the_class_own_images_and_large_off_them():
@@ -214,10 +261,10 @@ def _count_transfers(monkeypatch):
     """Replace _transfer by a recorder: the i-th call returns statistics i + 1 and landing points i + 1."""
     calls = []
 
-    def fake(split, h0, delta, target):
+    def fake(split, h0, delta, target, area=0.0):
         calls.append(delta.abs().sum().item())
         k = len(delta) // len(h0)
-        return torch.full((k,), float(len(calls))), torch.full((k, 3), float(len(calls)))
+        return torch.full((k,), float(len(calls))), torch.full((k, 3), float(len(calls))), None
     monkeypatch.setattr(solution, '_transfer', fake)
     return calls
 
@@ -229,7 +276,7 @@ def _snapshot_run(monkeypatch, deadline):
     g = torch.Generator().manual_seed(0)
     head = _LinearHead(torch.randn(3, 4, generator=g))
     h0 = torch.randn(2, 4, 1, 1, generator=g)
-    stats, landed = solution._class_statistics(head, h0, torch.tensor([0, 1]), [0, 2], 4, deadline)
+    stats, landed, _ = solution._class_statistics(head, h0, torch.tensor([0, 1]), [0, 2], 4, deadline)
     return calls, stats, landed
 
 
