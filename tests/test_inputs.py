@@ -50,8 +50,8 @@ def test_own_norm_divides_each_class_by_its_own_images_margins(toy_model, tmp_pa
     monkeypatch.setitem(solution.HYP, 'own_norm', True)
     ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
     assert any(o > 0 for o in ev['own_margin'])
-    for s, raw, o, f in zip(ev['per_class'], ev['per_class_raw'], ev['own_margin'], ev['landing']):
-        assert s == pytest.approx(raw * f / (1 + o))
+    for s, raw, o, f, c in zip(ev['per_class'], ev['per_class_raw'], ev['own_margin'], ev['landing'], ev['core']):
+        assert s == pytest.approx(raw * f * c / (1 + o))
     empty = tmp_path / 'empty'
     empty.mkdir()
     ev = _ok(solution.evidence(toy_model, 10, str(empty), CIFAR_LIKE))
@@ -64,8 +64,8 @@ def test_landing_multiplies_each_class_and_is_neutral_without_labelled_images(to
     monkeypatch.setitem(solution.HYP, 'log', False)
     ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
     assert len(set(ev['landing'])) > 1 and all(f >= 0 for f in ev['landing'])
-    for s, raw, f in zip(ev['per_class'], ev['per_class_raw'], ev['landing']):
-        assert s == pytest.approx(raw * f)
+    for s, raw, f, c in zip(ev['per_class'], ev['per_class_raw'], ev['landing'], ev['core']):
+        assert s == pytest.approx(raw * f * c)
     monkeypatch.setitem(solution.HYP, 'landing', 0.5)  # an exponent: the square root of the same factors
     half = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
     assert half['landing'] == pytest.approx([f ** 0.5 for f in ev['landing']])
@@ -79,10 +79,26 @@ def test_landing_multiplies_each_class_and_is_neutral_without_labelled_images(to
     assert ev['data_free'] and ev['landing'] == [1.0] * 10
 
 
+def test_core_factor_enters_the_patch_test_only(toy_model, image_folder, fast, monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'core', 1.0)
+    ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
+    assert any(c < 1 for c in ev['core']) and all(0 <= c <= 1 for c in ev['core'])
+    monkeypatch.setitem(solution.HYP, 'core', 0.0)
+    off = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
+    assert off['core'] == [1.0] * 10
+    assert ev['per_class_raw'] == pytest.approx(off['per_class_raw'])  # the same optimisation
+    assert ev['per_class'] == pytest.approx([s * c for s, c in zip(off['per_class'], ev['core'])])
+    if ev['per_class_contrast'] is not None:  # the contrast is built from the uncut statistics
+        assert ev['per_class_contrast'] == pytest.approx(off['per_class_contrast'])
+    monkeypatch.setitem(solution.HYP, 'core', -1.0)
+    with pytest.raises(ValueError, match='core'):
+        solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+
+
 def test_log_takes_log1p_of_each_class_and_the_test_follows(toy_model, image_folder, fast, monkeypatch):
     monkeypatch.setitem(solution.HYP, 'log', True)
     ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
-    product = [raw * f for raw, f in zip(ev['per_class_raw'], ev['landing'])]
+    product = [raw * f * c for raw, f, c in zip(ev['per_class_raw'], ev['landing'], ev['core'])]
     assert ev['per_class'] == pytest.approx([math.log1p(v) for v in product])
     assert ev['p_patch'] == pytest.approx(solution.max_p_value(ev['per_class']))
     monkeypatch.setitem(solution.HYP, 'log', False)
