@@ -426,8 +426,13 @@ def _transfer(split, h0, delta, target, area=0.0):
     its direction cut to one patch (k,), else None."""
     out = _transfer_margins(split, h0, delta, target, area)
     stats, landed = _best_norm([(margins.mean(1), mean_feats) for margins, mean_feats, _ in out])
-    cut = None if out[0][2] is None else torch.stack([c.mean(1) for _, _, c in out]).amax(0)
+    cut = None if out[0][2] is None else _best_cut([c.mean(1) for _, _, c in out])
     return stats, landed, cut
+
+
+def _best_cut(per_alpha):
+    """Per class, the largest cut statistic over the norms; per_alpha is [statistics (k,)], one per alpha."""
+    return torch.stack(per_alpha).amax(0)
 
 
 def core_factors(stats, cut):
@@ -802,7 +807,8 @@ def _decide(runs, own, transfer):
 
 def _every_class(split, h0, labels, num_classes, chunk, steps, end, bounds, area):
     """Statistics of all classes, `chunk` classes at a time, and where each class's direction lands
-    (a list of (chunk, F) tensors; None entries for the 'margin' statistic). Chunk i stops at its mark,
+    (a list of (chunk, F) tensors; None entries for the 'margin' statistic), and the statistics under the
+    cut direction (a list; None unless HYP['core'] and an area, see _transfer). Chunk i stops at its mark,
     (i + 1) / chunks of the time left until `end`: a slow chunk (the machine got busier after the plan
     was made) cannot leave the later classes a step each."""
     stats, landed, cut = [], [], []

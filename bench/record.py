@@ -117,7 +117,7 @@ def rescore(rec, reduce='mean'):
                 stats += best.tolist()
                 landed.append(where)
                 cuts = call.get('cut', [None])
-                cut = None if cut is None or cuts[0] is None else cut + torch.stack([reduced(c) for c in cuts]).amax(0).tolist()
+                cut = None if cut is None or cuts[0] is None else cut + solution._best_cut([reduced(c) for c in cuts]).tolist()
             runs.append((stats, solution._landing_factors(landed, rec['feats'], rec['y'], k), solution.core_factors(stats, cut)))
         finals, _, p, _, _, judged = solution._decide(runs, rec['evidence']['own_margin'], True)
     return p, max(range(k), key=lambda i: judged[i]), finals
