@@ -240,6 +240,8 @@ def test_core_factor_discounts_a_direction_spread_over_positions(monkeypatch):
     assert factors[0] == pytest.approx(1.0, abs=1e-3)  # one patch at one place: cutting keeps it
     assert factors[1] < 0.6  # spread over 12 positions: cut to 2, it loses its effect
     assert solution.core_factors(stats, None) == [1.0, 1.0]
+    monkeypatch.setitem(solution.HYP, 'core', 0.5)  # the setting is the factor's exponent
+    assert [float(f) for f in solution.core_factors(stats, cut)] == pytest.approx([float(f) ** 0.5 for f in factors])
     monkeypatch.setitem(solution.HYP, 'core', 0.0)
     assert solution._transfer(_PooledHead(w), h0, delta, target, area=2 / 16)[2] is None  # off: not computed
 
