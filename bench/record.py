@@ -1,7 +1,7 @@
 """Record what solution.evidence() computes image by image, then score the records again offline.
 
     python -m bench.record DIR --out cache/records/NAME [--match TEXT [--exact]] [--set KEY=VALUE] [--threads 1]
-    python -m bench.record --rescore cache/records/NAME --reduce mean_other [--json out.json]
+    python -m bench.record --rescore cache/records/NAME --reduce mean_other [--set core=0.5] [--json out.json]
 
 Recording runs evidence() unchanged on every sample in DIR. Hooks copy, for every class and pass, each
 image's softplus margin under the class's shared direction at every norm in HYP['alphas'], where the
@@ -13,8 +13,10 @@ then applies the release's own landing factor, contrast and p-value (solution._d
 the statistic can be tried on many models in seconds, paired with the run that produced the record.
 Reductions: 'mean' (the release's: rescoring reproduces the recorded p-value), 'mean_other' (the mean
 over the images not labelled with the class), 'median_other' (their median). With --json the rows are
-written in bench.evaluate's format, for bench.compare. Settings that change more than the reduction
-(steps, images, area, ...) need a new recording: pass them with --set when recording.
+written in bench.evaluate's format, for bench.compare. --set changes a setting that acts after the
+margins (RESCORABLE: the factors' exponents, the log, the null); one recording with the core factor on
+holds the cut margins, so it rescores at any exponent, 0 included. Settings that change more (steps,
+images, area, ...) need a new recording: pass them with --set when recording.
 """
 import argparse
 import contextlib
@@ -94,9 +96,17 @@ REDUCE = {
 }
 
 
-def rescore(rec, reduce='mean'):
-    """(p-value, suspected target, per-pass final statistics) of a record under a reduction over images."""
+# The settings rescoring applies itself (solution._decide and the factors); any other needs a new recording.
+RESCORABLE = ('core', 'landing', 'log', 'contrast_power', 'null')
+
+
+def rescore(rec, reduce='mean', sets=()):
+    """(p-value, suspected target, per-pass final statistics) of a record under a reduction over images;
+    sets: KEY=VALUE settings (RESCORABLE only) applied over the record's own, e.g. 'core=0.5'."""
     fn, hyp = REDUCE[reduce], rec['hyp']
+    for item in sets:
+        if item.partition('=')[0] not in RESCORABLE:
+            raise ValueError(f"rescoring can change only {', '.join(RESCORABLE)}; {item!r} needs a new recording")
     if hyp.get('statistic') != 'transfer' or tuple(hyp.get('snapshots', ())) != (1.0,):
         raise ValueError("rescoring needs a record of the transfer statistic taken once, at the end "
                          f"(statistic 'transfer', snapshots (1.0,)); this one has {hyp.get('statistic')!r}, "
@@ -104,6 +114,9 @@ def rescore(rec, reduce='mean'):
     k = rec['num_classes']
     with _restoring_hyp() as settings:
         settings.update(hyp)  # the recording's settings (landing, null, log, contrast_power, ...)
+        override(solution, sets)
+        if settings['core'] and any(call.get('cut', [None])[0] is None for call in rec['passes'][0]['calls']):
+            raise ValueError('this record holds no cut margins (taken with the core factor off): it cannot be rescored with core on')
         runs = []
         for ps in rec['passes']:
             stats, landed, cut = [], [], []
@@ -137,7 +150,8 @@ def main(argv=None):
     ap.add_argument('--out', help='folder for the records (one NAME.pt per model)')
     ap.add_argument('--match', default='', help='only samples whose folder name contains this text')
     ap.add_argument('--exact', action='store_true', help='--match names the whole folder name')
-    ap.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help="a solution HYP setting while recording")
+    ap.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                    help=f"a solution HYP setting while recording; with --rescore, one of {', '.join(RESCORABLE)} over the record's own")
     ap.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     ap.add_argument('--rescore', nargs='+', metavar='RECORDS', help='folders of records to score again')
     ap.add_argument('--reduce', default='mean', choices=sorted(REDUCE), help='reduction over images (default mean)')
@@ -150,13 +164,13 @@ def main(argv=None):
         rows = []
         for f in files:
             rec = torch.load(f, weights_only=True)
-            p, target, _ = rescore(rec, args.reduce)
+            p, target, _ = rescore(rec, args.reduce, args.set)
             name = os.path.basename(f)[:-3]
             rows.append(_row(name, rec, p, target))
             print(f'{name:44s} truth {rec["truth"]} recorded p {rec["evidence"]["p_value"]:.3g} {args.reduce} p {p:.3g} target {target}')
         if args.json:
             with open(args.json, 'w') as fh:
-                json.dump({'detector': 'solution', 'settings': [f'reduce={args.reduce}'], 'root': ' '.join(args.rescore),
+                json.dump({'detector': 'solution', 'settings': [f'reduce={args.reduce}'] + args.set, 'root': ' '.join(args.rescore),
                            'rows': rows}, fh, indent=1)
         return rows
     if not args.root or not args.out:

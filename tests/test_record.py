@@ -53,6 +53,26 @@ def test_mean_reproduces_a_record_taken_with_the_core_factor(toy_model, image_fo
     assert finals[0] == pytest.approx(ev['per_class'], rel=1e-5)
 
 
+def test_a_core_record_rescores_at_another_exponent(toy_model, image_folder, fast, monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'core', 1.0)
+    rec = record.record(toy_model, 10, image_folder, CIFAR_LIKE)
+    for q in (0.0, 0.5):
+        monkeypatch.setitem(solution.HYP, 'core', q)
+        ev = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+        p, target, finals = record.rescore(rec, 'mean', [f'core={q}'])
+        assert math.isclose(p, ev['p_value'], rel_tol=1e-5, abs_tol=1e-12)
+        assert finals[0] == pytest.approx(ev['per_class'], rel=1e-5)
+    with pytest.raises(ValueError, match='new recording'):
+        record.rescore(rec, 'mean', ['steps=5'])
+
+
+def test_a_record_without_cut_margins_refuses_the_core_factor(toy_model, image_folder, fast, monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'core', 0.0)
+    rec = record.record(toy_model, 10, image_folder, CIFAR_LIKE)
+    with pytest.raises(ValueError, match='cut margins'):
+        record.rescore(rec, 'mean', ['core=0.5'])
+
+
 def test_other_reductions_leave_out_the_class_images(rec):
     """Make class 0's own images' margins huge: the mean moves, the mean and median over the others do not."""
     base = {r: record.rescore(rec, r)[2][0][0] for r in record.REDUCE}
