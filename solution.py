@@ -58,9 +58,10 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        the smaller of two p-values), the file's one tuned constant.
 
 Time: detect() keeps a wall-clock budget (HYP['budget_s'], 40 s) on any hardware. It times one
-optimisation step, then picks the number of images and steps from a fixed ladder so that the whole
-run (both passes, each given half of the time) fits; on a GPU the full setting fits easily, on a
-2-core CPU it is scaled down. Where half the time would leave each pass a plan of fewer than
+optimisation step and one forward pass, then picks the number of images and steps from a fixed ladder
+so that the whole run (both passes, each given half of the time, the steps and the scoring of each
+class's direction after them) fits; on a GPU the full setting fits easily, on a 2-core CPU it is
+scaled down. Where half the time would leave each pass a plan of fewer than
 HYP['contrast_plan'] images x steps per class (full-width 100-class or 64 px models on a 2-core CPU),
 the patch pass runs alone with all of it, as with the contrast off.
 
@@ -584,14 +585,19 @@ def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None, 
 
 
 def _step_seconds(split, h_all, num_classes, chunk, bounds):
-    """Seconds per image per optimisation step, timed on two steps of a real-size batch, projection
-    included (the first step pays for lazy initialisation)."""
+    """(seconds per image per optimisation step, seconds per image per forward pass without gradients),
+    timed on a real-size batch: two steps, projection included (the first pays for lazy initialisation),
+    then one forward of the same batch (the cost of scoring a direction, _transfer)."""
     n_max = min(HYP['images'], len(h_all))
     reps = max(1, min(chunk, num_classes, HYP['probe_images'] // n_max))  # a real-size batch, capped in cost
     start = h_all[:n_max].repeat(reps, 1, 1, 1)
     var = start.clone().requires_grad_(True)
     opt = torch.optim.AdamW([var], lr=HYP['lr'])
     target = torch.zeros(len(var), dtype=torch.long, device=h_all.device)
+
+    def sync():
+        if h_all.is_cuda:
+            torch.cuda.synchronize()
     for _ in range(2):
         t0 = time.monotonic()
         opt.zero_grad(set_to_none=True)
@@ -600,21 +606,34 @@ def _step_seconds(split, h_all, num_classes, chunk, bounds):
         if HYP['mode'] == 'free':
             with torch.no_grad():
                 _project(var, start, bounds, _area())
-        if h_all.is_cuda:
-            torch.cuda.synchronize()
+        sync()
         per_image_step = (time.monotonic() - t0) / len(var)
-    return per_image_step
+    t0 = time.monotonic()
+    with torch.no_grad():
+        split.logits(var)
+    sync()
+    return per_image_step, (time.monotonic() - t0) / len(var)
 
 
-def _plan(step_seconds, seconds, num_classes, n_images):
-    """Images and steps per class that fit `seconds` at `step_seconds` per image and step, from a
-    fixed ladder (coarse, so a run repeats)."""
+def _scorings(area):
+    """Forward passes per image and class after a pass's steps: _transfer scores the shared direction at
+    each norm in HYP['alphas'] (twice with the cut direction of the core factor) at each snapshot; the
+    'margin' statistic reads the final margins once."""
+    if HYP['statistic'] != 'transfer':
+        return 1
+    marks = len(set(HYP['snapshots']))
+    return len(HYP['alphas']) * (2 if HYP['core'] and area else 1) * marks
+
+
+def _plan(step_seconds, seconds, num_classes, n_images, score_seconds=0.0):
+    """Images and steps per class that fit `seconds`, from a fixed ladder (coarse, so a run repeats): each
+    image costs `step_seconds` per step and `score_seconds` once, after the steps (_scorings)."""
     n_max = min(HYP['images'], n_images)
-    affordable = seconds / max(step_seconds, 1e-9) / num_classes  # image-steps per class
+    per_class = seconds / num_classes
     for share in (1, 0.6, 0.4, 0.25, 0.1, 0.05):
         steps = max(HYP['min_steps'], round(share * HYP['steps']))
         for n in (n_max, 12, 8, 4, 2):
-            if n <= n_max and n * steps <= affordable:
+            if n <= n_max and n * (steps * step_seconds + score_seconds) <= per_class:
                 return n, steps
     return min(2, n_max), HYP['min_steps']
 
@@ -737,14 +756,15 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             bounds = a_lo - HYP['widen'] * (a_hi - a_lo), a_hi + HYP['widen'] * (a_hi - a_lo)
         else:
             bounds = None
-        step_s = _step_seconds(split, h_all, num_classes, chunk, bounds)
+        step_s, forward_s = _step_seconds(split, h_all, num_classes, chunk, bounds)
+        score_s = _scorings(_area()) * forward_s  # per image and class, after the steps (the patch pass: the most)
         left = 0.7 * (deadline - time.monotonic())  # 30% slack
         contrasted = _contrasted()
         if contrasted:  # two passes, each planned with half the time; below contrast_plan both would starve
-            n, steps = _plan(step_s, left / 2, num_classes, len(h_all))
+            n, steps = _plan(step_s, left / 2, num_classes, len(h_all), score_s)
             contrasted = n * steps >= HYP['contrast_plan']
         if not contrasted:  # the patch pass alone, with all the time
-            n, steps = _plan(step_s, left, num_classes, len(h_all))
+            n, steps = _plan(step_s, left, num_classes, len(h_all), score_s)
         passes = [(_area(), bounds)] + ([(0.0, None)] if contrasted else [])  # (area, bounds): patch, dense
         chosen = _balanced_indices(labels, n)
         h0, l0 = h_all[chosen], labels[chosen]

@@ -204,12 +204,12 @@ def test_when_two_passes_would_starve_the_patch_pass_runs_alone_with_the_whole_b
     monkeypatch.setitem(solution.HYP, 'contrast_plan', 12)
     asked, probes = [], []
 
-    def plan(step_seconds, seconds, num_classes, n_images):
+    def plan(step_seconds, seconds, num_classes, n_images, score_seconds):
         asked.append(seconds)
         return 2, (4 if seconds < 20 else 8)  # half the time affords 2 x 4, all of it 2 x 8
 
     monkeypatch.setattr(solution, '_plan', plan)
-    monkeypatch.setattr(solution, '_step_seconds', lambda *a: probes.append(a) or 0.01)
+    monkeypatch.setattr(solution, '_step_seconds', lambda *a: probes.append(a) or (0.01, 0.004))
     areas = []
     real = solution._class_statistics
 
@@ -230,3 +230,43 @@ def test_when_two_passes_would_starve_the_patch_pass_runs_alone_with_the_whole_b
     e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
     assert asked == [pytest.approx(0.7 * 40 / 2)] and e['steps'] == 4
     assert len(e['per_class_dense']) == 10
+
+
+def test_the_plan_pays_for_scoring_each_direction_after_the_steps():
+    """The ladder counts, per image, its steps and the forward passes that score its class's direction
+    afterwards: a plan that fits on steps alone is refused when the scoring would push it past the time."""
+    step, k = 0.01, 10
+    seconds = 30 * 25 * step * k  # the top rung, 30 images x 25 steps, fits exactly on steps alone
+    assert solution._plan(step, seconds, k, 200) == (30, 25)
+    n, steps = solution._plan(step, seconds, k, 200, score_seconds=0.04)
+    assert (n, steps) != (30, 25) and n * (steps * step + 0.04) * k <= seconds
+
+
+def test_the_planned_scoring_is_the_scoring_the_passes_run(toy_model, image_folder, fast, monkeypatch):
+    """_scorings(area), which the plan charges per image and class, is the number of forward passes each
+    image makes per class after a pass's steps, patch pass (core factor on: the cut direction too) and
+    dense pass alike."""
+    monkeypatch.setitem(solution.HYP, 'contrast', True)
+    monkeypatch.setitem(solution.HYP, 'contrast_plan', 1)
+    rows, inside = [], [False]
+    real_transfer, real_pooled = solution._transfer, solution._Split.pooled
+
+    def transfer(split, h0, delta, target, area=0.0):
+        inside[0] = True
+        rows.append([area, len(delta), 0])
+        try:
+            return real_transfer(split, h0, delta, target, area)
+        finally:
+            inside[0] = False
+
+    def pooled(self, h):
+        if inside[0]:
+            rows[-1][2] += len(h)
+        return real_pooled(self, h)
+    monkeypatch.setattr(solution, '_transfer', transfer)
+    monkeypatch.setattr(solution._Split, 'pooled', pooled)
+    solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert {area for area, _, _ in rows} == {solution.HYP['area'], 0.0}  # both passes scored
+    for area, images_x_classes, forwards in rows:
+        assert forwards == images_x_classes * solution._scorings(area)
+    assert solution._scorings(solution.HYP['area']) == 2 * solution._scorings(0.0)  # the cut direction, patch pass only
