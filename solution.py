@@ -23,6 +23,8 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        different change for each image, so the mean direction washes out. (The seed's statistic, the
        largest margin any image reaches, is kept as HYP['statistic'] = 'margin'; with no area limit it
        calls 3 of 6 clean MNIST models backdoored: RESULTS.md.)
+       Off by default, HYP['refine'] then ascends each class's shared direction itself (_refine): the
+       mean of the images' own changes starts near a trigger's direction but seldom reaches it.
        Off by default, HYP['own_norm'] divides each class's transfer statistic by 1 + the mean softplus
        margin of the folder's own images of that class (a class the model recognises with confidence
        is easy to reach naturally); it raised the AUROC on CIFAR-10 and the default zoo but added three
@@ -113,6 +115,7 @@ HYP = {
     'alphas': (0.5, 1.0),    # transfer: the shared direction's norms tried, as shares of each image's activation norm
     'own_norm': False,       # transfer: divide each class's statistic by 1 + its clean images' mean softplus margin
     'leave_one_out': False,  # transfer: each image gets the shared direction of the other images' changes, not one that includes its own
+    'refine': 0.0,           # transfer: then ascend each class's shared direction itself for this share of the steps (0 = off; _refine)
     'core': 0.5,             # transfer, patch test: multiply each class's statistic by min(1, C / S) to this power (0 = off), C its statistic under the shared direction cut to one patch (_core)
     'landing': 1.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction lands from its clean images
     'log': False,            # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
@@ -384,19 +387,17 @@ def _project(var, start, bounds, area):
 def _core(u, shape, area):
     """The directions u (k, m, D) cut to the `area` share of positions (of the map `shape`, (C, H, W))
     where each has the most energy (squared L2 over channels), renormalised: one patch at one place."""
-    k, m = u.shape[:2]
-    energy = u.view(k, m, shape[0], -1).pow(2).sum(2)  # (k, m, H*W)
-    top = energy.topk(max(1, round(area * energy.shape[2])), dim=2).indices  # exactly that many, ties or not
-    keep = torch.zeros_like(energy).scatter_(2, top, 1.0)
-    kept = u.view(k, m, shape[0], -1) * keep[:, :, None, :]
-    return F.normalize(kept.reshape(k, m, -1), dim=2)
+    kept = u.reshape(-1, u.shape[2]).clone()
+    _keep_area(kept, shape, area)  # exactly that many positions, ties or not
+    return F.normalize(kept, dim=1).view(u.shape)
 
 
-def _transfer_margins(split, h0, delta, target, area=0.0):
+def _transfer_margins(split, h0, delta, target, area=0.0, refine=0):
     """Per norm alpha in HYP['alphas']: each image's softplus(margin) (k, n) when every image gets its class's
     shared direction (the normalised mean of its images' unit changes) at alpha times its own activation
     norm, and the pushed images' mean penultimate feature per class (k, F). delta (k*n, C, H, W) are the
-    optimised changes, grouped by class; target (k*n,). With HYP['core'] and an `area` (the patch pass),
+    optimised changes, grouped by class; target (k*n,). With `refine` > 0 steps, the shared direction
+    is ascended directly before it is scored (_refine). With HYP['core'] and an `area` (the patch pass),
     a third entry per norm: the softplus margins (k, n) under the direction cut to one patch (_core);
     else None."""
     n = len(h0)
@@ -406,6 +407,7 @@ def _transfer_margins(split, h0, delta, target, area=0.0):
         u = F.normalize(unit.sum(1, keepdim=True) - unit, dim=2)  # (k, n, D)
     else:
         u = F.normalize(unit.mean(1), dim=1)[:, None, :]  # (k, 1, D)
+        u = _refine(split, h0, u, target, area, refine)
     cut = _core(u, h0.shape[1:], area) if HYP['core'] and area else None
     norm = h0.flatten(1).norm(dim=1)  # (n,)
 
@@ -420,14 +422,59 @@ def _transfer_margins(split, h0, delta, target, area=0.0):
     return out
 
 
-def _transfer(split, h0, delta, target, area=0.0):
+def _keep_area(v, shape, area):
+    """In place: each row of v (k, D) keeps its values at the `area` share of the positions of the map
+    `shape` (C, H, W) where it has the most energy (squared L2 over channels), zero elsewhere."""
+    energy = v.view(len(v), shape[0], -1).pow(2).sum(1)  # (k, H*W)
+    top = energy.topk(max(1, round(area * energy.shape[1])), dim=1).indices
+    v.view(len(v), shape[0], -1).mul_(torch.zeros_like(energy).scatter_(1, top, 1.0)[:, None, :])
+
+
+def _refine(split, h0, u, target, area, steps):
+    """Each class's shared direction u (k, 1, D), ascended directly: `steps` AdamW steps
+    (_refine_steps of the pass's own) on the sum over the norms
+    in HYP['alphas'] of the images' softplus margins when all get the one direction, kept to the `area`
+    share of positions after each step on the patch pass. The mean of the images' own changes is a start
+    that a trigger's direction is near but seldom at: each image's search finds its own nearest way to
+    the class, and the mean of those washes the one change all of them share out. Returns (k, 1, D)."""
+    k, n = len(u), len(h0)
+    if steps < 1:
+        return u
+    norm = h0.flatten(1).norm(dim=1)[None, :, None]  # (1, n, 1)
+    scale = u.shape[2] ** 0.5  # unit rows -> entries of size about 1, where the learning rate is meant
+    with torch.enable_grad():
+        v = (u[:, 0] * scale).clone().requires_grad_(True)  # (k, D)
+        opt = torch.optim.AdamW([v], lr=HYP['lr'], weight_decay=0.0)
+        for step in range(steps):
+            for g in opt.param_groups:
+                g['lr'] = _lr_at(step, steps)
+            d = F.normalize(v, dim=1)[:, None, :]
+            loss = 0.0
+            for alpha in HYP['alphas']:
+                h = h0.flatten(1)[None] + alpha * norm * d  # (k, n, D)
+                loss = loss - F.softplus(margin(split.logits(h.view(k * n, *h0.shape[1:])), target)).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if area:
+                with torch.no_grad():
+                    _keep_area(v, h0.shape[1:], area)
+    return F.normalize(v.detach(), dim=1)[:, None, :]
+
+
+def _refine_steps(steps):
+    """The refinement's steps for a pass of `steps` optimisation steps: HYP['refine'] of them, rounded."""
+    return int(round(HYP['refine'] * steps))
+
+
+def _transfer(split, h0, delta, target, area=0.0, refine=0):
     """Per class: the mean over images of softplus(margin) under its shared direction (_transfer_margins),
     the best over HYP['alphas'] (a trigger's strength in feature space is not known in advance: a patch is
     a large local change, a blend a small one everywhere). Returns the statistics (k,) and, at the norm
     that gave each, the pushed images' mean penultimate feature (k, F): where the class's direction lands
     them. Third: with HYP['core'] on the patch pass, each class's best mean margin over the norms under
     its direction cut to one patch (k,), else None."""
-    out = _transfer_margins(split, h0, delta, target, area)
+    out = _transfer_margins(split, h0, delta, target, area, refine)
     stats, landed = _best_norm([(margins.mean(1), mean_feats) for margins, mean_feats, _ in out])
     cut = None if out[0][2] is None else _best_cut([c.mean(1) for _, _, c in out])
     return stats, landed, cut
@@ -553,7 +600,7 @@ def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None, 
     taken, done = [], 0  # transfer: (statistics, landing points, cut statistics) at each mark; steps run so far
 
     def snapshot():
-        return _transfer(split, h0, current() - start, target, area)
+        return _transfer(split, h0, current() - start, target, area, _refine_steps(steps))
     for step in range(steps):
         for g in opt.param_groups:
             g['lr'] = _lr_at(step, steps)
@@ -613,6 +660,14 @@ def _step_seconds(split, h_all, num_classes, chunk, bounds):
         split.logits(var)
     sync()
     return per_image_step, (time.monotonic() - t0) / len(var)
+
+
+def _refinings():
+    """Forward-backward passes per image and class of the refinement (_refine) per search step: one per
+    norm in HYP['alphas'] for each of HYP['refine'] steps, at each snapshot; 0 when off."""
+    if HYP['statistic'] != 'transfer' or HYP['leave_one_out']:
+        return 0.0
+    return HYP['refine'] * len(HYP['alphas']) * len(set(HYP['snapshots']))
 
 
 def _scorings(area):
@@ -726,6 +781,9 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         v = HYP[key]
         if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise ValueError(f"HYP['{key}'] is {v!r}; it is an exponent, a number >= 0 (0 = {zero})")
+    r = HYP['refine']
+    if isinstance(r, bool) or not (isinstance(r, (int, float)) and math.isfinite(r) and r >= 0):
+        raise ValueError(f"HYP['refine'] is {r!r}; it is a share of the steps, a number >= 0 (0 = off)")
     shares = HYP['snapshots']
     if not (isinstance(shares, (tuple, list)) and shares and all(isinstance(v, (int, float)) and 0 < v <= 1 for v in shares)):
         raise ValueError(f"HYP['snapshots'] is {shares!r}; it is a non-empty tuple of shares of the steps, each in (0, 1]")
@@ -757,6 +815,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         else:
             bounds = None
         step_s, forward_s = _step_seconds(split, h_all, num_classes, chunk, bounds)
+        step_s *= 1 + _refinings()  # each search step brings refinement steps with it (HYP['refine'])
         score_s = _scorings(_area()) * forward_s  # per image and class, after the steps (the patch pass: the most)
         left = 0.7 * (deadline - time.monotonic())  # 30% slack
         contrasted = _contrasted()

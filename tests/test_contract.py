@@ -251,11 +251,11 @@ def test_the_planned_scoring_is_the_scoring_the_passes_run(toy_model, image_fold
     rows, inside = [], [False]
     real_transfer, real_pooled = solution._transfer, solution._Split.pooled
 
-    def transfer(split, h0, delta, target, area=0.0):
+    def transfer(split, h0, delta, target, area=0.0, *rest):
         inside[0] = True
         rows.append([area, len(delta), 0])
         try:
-            return real_transfer(split, h0, delta, target, area)
+            return real_transfer(split, h0, delta, target, area, *rest)
         finally:
             inside[0] = False
 
@@ -270,3 +270,22 @@ def test_the_planned_scoring_is_the_scoring_the_passes_run(toy_model, image_fold
     for area, images_x_classes, forwards in rows:
         assert forwards == images_x_classes * solution._scorings(area)
     assert solution._scorings(solution.HYP['area']) == 2 * solution._scorings(0.0)  # the cut direction, patch pass only
+
+
+def test_the_plan_charges_the_refinement_steps_and_refine_is_checked(toy_model, image_folder, fast, monkeypatch):
+    """With HYP['refine'] = r, every search step brings r refinement steps per norm with it, so the plan
+    sees a step cost (1 + r * norms) times the probe's; a negative or non-number share is refused."""
+    seen = []
+
+    def plan(step_seconds, seconds, num_classes, n_images, score_seconds):
+        seen.append(step_seconds)
+        return 2, 2
+    monkeypatch.setattr(solution, '_plan', plan)
+    monkeypatch.setattr(solution, '_step_seconds', lambda *a: (0.01, 0.004))
+    monkeypatch.setitem(solution.HYP, 'refine', 1.0)
+    solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert seen[0] == pytest.approx(0.01 * (1 + 1.0 * len(solution.HYP['alphas'])))
+    for bad in (-1, True, 'x', float('nan')):
+        monkeypatch.setitem(solution.HYP, 'refine', bad)
+        with pytest.raises(ValueError, match='refine'):
+            solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)

@@ -246,6 +246,36 @@ def test_core_factor_discounts_a_direction_spread_over_positions(monkeypatch):
     assert solution._transfer(_PooledHead(w), h0, delta, target, area=2 / 16)[2] is None  # off: not computed
 
 
+def test_refine_ascends_each_shared_direction_and_keeps_it_to_its_patch(monkeypatch):
+    """_refine moves a poor start (a random direction) uphill on the images' mean softplus margin under
+    the one direction, at the norms in HYP['alphas'], and keeps it unit-norm and to `area` of the
+    positions; with no steps it returns the start unchanged, and _transfer's statistic follows it."""
+    g = torch.Generator().manual_seed(5)
+    c, n = 4, 6
+    w = 5 * torch.randn(3, c, generator=g)  # margins well above softplus's floor
+    head = _PooledHead(w)
+    h0 = torch.randn(n, c, 4, 4, generator=g)
+    target = torch.tensor([0, 2]).repeat_interleave(n)
+    u0 = torch.nn.functional.normalize(torch.randn(2, 1, c * 16, generator=g), dim=2)
+
+    def mean_margin(u):
+        norm = h0.flatten(1).norm(dim=1)[None, :, None]
+        out = 0
+        for alpha in solution.HYP['alphas']:
+            h = (h0.flatten(1)[None] + alpha * norm * u).view(2 * n, c, 4, 4)
+            out = out + torch.nn.functional.softplus(solution.margin(head.logits(h), target)).view(2, n).mean(1)
+        return out
+    assert torch.equal(solution._refine(head, h0, u0, target, 2 / 16, 0), u0)
+    u = solution._refine(head, h0, u0, target, 2 / 16, 20)
+    assert u.shape == u0.shape and torch.allclose(u.norm(dim=2), torch.ones(2, 1))
+    assert ((u.view(2, c, 16).pow(2).sum(1) > 0).sum(1) == 2).all()  # 2 of 16 positions
+    assert (mean_margin(u) > 1.5 * mean_margin(u0)).all(), (mean_margin(u), mean_margin(u0))
+    delta = u0[:, 0].repeat_interleave(n, 0).view(2 * n, c, 4, 4)  # every image's change: the start
+    plain = solution._transfer(head, h0, delta, target, 2 / 16)[0]
+    refined = solution._transfer(head, h0, delta, target, 2 / 16, 20)[0]
+    assert (refined > plain).all()
+
+
 def test_landing_is_small_on_the_class_own_images_and_large_off_them():
     feats = torch.tensor([[2.0, 0], [4.0, 0], [0, 3.0], [0, -3.0], [-3.0, 0], [-3.0, 0]])  # mean (0, 0)
     y = torch.tensor([0, 0, 1, 1, 3, 3])
@@ -263,7 +293,7 @@ def _count_transfers(monkeypatch):
     """Replace _transfer by a recorder: the i-th call returns statistics i + 1 and landing points i + 1."""
     calls = []
 
-    def fake(split, h0, delta, target, area=0.0):
+    def fake(split, h0, delta, target, area=0.0, refine=0):
         calls.append(delta.abs().sum().item())
         k = len(delta) // len(h0)
         return torch.full((k,), float(len(calls))), torch.full((k, 3), float(len(calls))), None
