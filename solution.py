@@ -448,13 +448,10 @@ def _refine(split, h0, u, target, area, steps):
         for step in range(steps):
             for g in opt.param_groups:
                 g['lr'] = _lr_at(step, steps)
-            d = F.normalize(v, dim=1)[:, None, :]
-            loss = 0.0
-            for alpha in HYP['alphas']:
-                h = h0.flatten(1)[None] + alpha * norm * d  # (k, n, D)
-                loss = loss - F.softplus(margin(split.logits(h.view(k * n, *h0.shape[1:])), target)).sum()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            for alpha in HYP['alphas']:  # one backward per norm: the gradients add, the memory of one step
+                h = h0.flatten(1)[None] + alpha * norm * F.normalize(v, dim=1)[:, None, :]  # (k, n, D)
+                (-F.softplus(margin(split.logits(h.view(k * n, *h0.shape[1:])), target)).sum()).backward()
             opt.step()
             if area:
                 with torch.no_grad():
@@ -600,7 +597,7 @@ def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None, 
     taken, done = [], 0  # transfer: (statistics, landing points, cut statistics) at each mark; steps run so far
 
     def snapshot():
-        return _transfer(split, h0, current() - start, target, area, _refine_steps(steps))
+        return _transfer(split, h0, current() - start, target, area, _refine_steps(done))  # a deadline stop refines less too
     for step in range(steps):
         for g in opt.param_groups:
             g['lr'] = _lr_at(step, steps)
