@@ -29,6 +29,8 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        near a trigger's direction but seldom reaches it: the search found 0.1-18 at patch triggers
        whose own direction scores 32-68 (bench.oracle); refined, the CIFAR-10 BadNets target goes
        from 5.4 to 17.4, and on 25 models 19 are right against 17 (RESULTS.md, The refinement).
+       The refined patch direction already lies in `area` of the positions, so step 3's core factor
+       is 1 for every class while the refinement is on: the measured release runs without it in effect.
        Off by default, HYP['own_norm'] divides each class's transfer statistic by 1 + the mean softplus
        margin of the folder's own images of that class (a class the model recognises with confidence
        is easy to reach naturally); it raised the AUROC on CIFAR-10 and the default zoo but added three

@@ -80,6 +80,7 @@ def test_landing_multiplies_each_class_and_is_neutral_without_labelled_images(to
 
 
 def test_core_factor_enters_the_patch_test_only(toy_model, image_folder, fast, monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'refine', 0.0)  # refined, the direction is one patch already (next test)
     monkeypatch.setitem(solution.HYP, 'core', 1.0)
     ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
     assert any(c < 1 for c in ev['core']) and all(0 <= c <= 1 for c in ev['core'])
@@ -93,6 +94,16 @@ def test_core_factor_enters_the_patch_test_only(toy_model, image_folder, fast, m
     monkeypatch.setitem(solution.HYP, 'core', -1.0)
     with pytest.raises(ValueError, match='core'):
         solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+
+
+def test_with_the_refinement_the_core_factor_is_one(toy_model, image_folder, fast, monkeypatch):
+    """The refinement keeps the patch pass's direction to the `area` share of its positions, so cutting it
+    to that share changes nothing: every class's core factor is 1, and the release runs, in effect,
+    without the core factor (RESULTS.md, The refinement)."""
+    monkeypatch.setitem(solution.HYP, 'core', 1.0)
+    monkeypatch.setitem(solution.HYP, 'refine', 1.0)
+    ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
+    assert ev['core'] == pytest.approx([1.0] * 10, abs=1e-4)
 
 
 def test_log_takes_log1p_of_each_class_and_the_test_follows(toy_model, image_folder, fast, monkeypatch):
