@@ -42,6 +42,7 @@ def test_mean_reproduces_the_recorded_p_value(rec):
 
 
 def test_mean_reproduces_a_record_taken_with_the_core_factor(toy_model, image_folder, fast, monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'refine', 0.0)  # refined, the direction is one patch: the factor would be 1
     monkeypatch.setitem(solution.HYP, 'core', 1.0)
     rec = record.record(toy_model, 10, image_folder, CIFAR_LIKE)
     ev = rec['evidence']
@@ -54,6 +55,7 @@ def test_mean_reproduces_a_record_taken_with_the_core_factor(toy_model, image_fo
 
 
 def test_a_core_record_rescores_at_another_exponent(toy_model, image_folder, fast, monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'refine', 0.0)  # refined, the direction is one patch: the factor would be 1
     monkeypatch.setitem(solution.HYP, 'core', 1.0)
     rec = record.record(toy_model, 10, image_folder, CIFAR_LIKE)
     for q in (0.0, 0.5):
