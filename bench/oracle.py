@@ -37,6 +37,7 @@ import torch.nn.functional as F
 import solution
 from bench import samples
 from bench.detectors import override
+from bench.record import _restoring_hyp
 
 ORACLE_IMAGES = 30  # clean non-target images pushed along the trigger's direction (solution's top rung)
 
@@ -67,17 +68,12 @@ def trigger_terms(model, clean, triggered, target, n=ORACLE_IMAGES):
     cum = energy.sort(1, descending=True).values.cumsum(1) / energy.sum(1, keepdim=True).clamp(min=1e-30)
     pos90 = ((cum < 0.9).sum(1) + 1).float() / energy.shape[1]
     unit = F.normalize(d, dim=1)
-    u = F.normalize(unit.mean(0), dim=0)
-    cut = solution._core(u.view(1, 1, -1), hc.shape[1:], solution.HYP['area'])[0, 0]
+    u = F.normalize(unit.mean(0), dim=0)  # the direction _transfer builds from these changes
     goal = torch.full((len(hc),), target, dtype=torch.long)
-
-    def stat(direction):
-        out = []
-        for alpha in solution.HYP['alphas']:
-            h = hc.flatten(1) + alpha * norm[:, None] * direction[None]
-            out.append(F.softplus(solution.margin(split.logits(h.view_as(hc)), goal)).mean().item())
-        return max(out)
-    s, c = stat(u), stat(cut)
+    with _restoring_hyp() as hyp:
+        hyp['core'] = 1.0  # the cut statistic is wanted whatever the release's exponent
+        stats, _, cut = solution._transfer(split, hc, ht - hc, goal, solution.HYP['area'])
+    s, c = stats[0].item(), cut[0].item()
     return {'r': (d.norm(dim=1) / norm).median().item(), 'pos90': pos90.median().item(),
             'agree': (unit @ u).mean().item(), 'true_S': s, 'cut': min(1.0, c / s) if s > 0 else 1.0,
             'images': len(hc)}
