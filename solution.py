@@ -30,7 +30,7 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        whose own direction scores 32-68 (bench.oracle); refined, the CIFAR-10 BadNets target goes
        from 5.4 to 17.4, and on 25 models 19 are right against 17 (RESULTS.md, The refinement).
        The refined patch direction already lies in `area` of the positions, so step 3's core factor
-       is 1 for every class while the refinement is on: the measured release runs without it in effect.
+       would be 1 for every class: while the refinement is on, the cut is not scored (_cuts).
        Off by default, HYP['own_norm'] divides each class's transfer statistic by 1 + the mean softplus
        margin of the folder's own images of that class (a class the model recognises with confidence
        is easy to reach naturally); it raised the AUROC on CIFAR-10 and the default zoo but added three
@@ -403,9 +403,9 @@ def _transfer_margins(split, h0, delta, target, area=0.0, refine=0):
     shared direction (the normalised mean of its images' unit changes) at alpha times its own activation
     norm, and the pushed images' mean penultimate feature per class (k, F). delta (k*n, C, H, W) are the
     optimised changes, grouped by class; target (k*n,). With `refine` > 0 steps, the shared direction
-    is ascended directly before it is scored (_refine). With HYP['core'] and an `area` (the patch pass),
-    a third entry per norm: the softplus margins (k, n) under the direction cut to one patch (_core);
-    else None."""
+    is ascended directly before it is scored (_refine). Where _cuts(area) (the core factor on the
+    patch pass, the refinement off), a third entry per norm: the softplus margins (k, n) under the
+    direction cut to one patch (_core); else None."""
     n = len(h0)
     k = len(delta) // n
     unit = F.normalize(delta.flatten(1), dim=1).view(k, n, -1)  # (k, n, D)
@@ -414,7 +414,7 @@ def _transfer_margins(split, h0, delta, target, area=0.0, refine=0):
     else:
         u = F.normalize(unit.mean(1), dim=1)[:, None, :]  # (k, 1, D)
         u = _refine(split, h0, u, target, area, refine)
-    cut = _core(u, h0.shape[1:], area) if HYP['core'] and area else None
+    cut = _core(u, h0.shape[1:], area) if _cuts(area) else None
     norm = h0.flatten(1).norm(dim=1)  # (n,)
 
     def push(direction, alpha):
@@ -475,7 +475,7 @@ def _transfer(split, h0, delta, target, area=0.0, refine=0):
     the best over HYP['alphas'] (a trigger's strength in feature space is not known in advance: a patch is
     a large local change, a blend a small one everywhere). Returns the statistics (k,) and, at the norm
     that gave each, the pushed images' mean penultimate feature (k, F): where the class's direction lands
-    them. Third: with HYP['core'] on the patch pass, each class's best mean margin over the norms under
+    them. Third: where _cuts(area), each class's best mean margin over the norms under
     its direction cut to one patch (k,), else None."""
     out = _transfer_margins(split, h0, delta, target, area, refine)
     stats, landed = _best_norm([(margins.mean(1), mean_feats) for margins, mean_feats, _ in out])
@@ -675,12 +675,19 @@ def _refinings():
 
 def _scorings(area):
     """Forward passes per image and class after a pass's steps: _transfer scores the shared direction at
-    each norm in HYP['alphas'] (twice with the cut direction of the core factor) at each snapshot; the
+    each norm in HYP['alphas'] (twice where the core factor's cut is scored, _cuts) at each snapshot; the
     'margin' statistic reads the final margins once."""
     if HYP['statistic'] != 'transfer':
         return 1
     marks = len(set(HYP['snapshots']))
-    return len(HYP['alphas']) * (2 if HYP['core'] and area else 1) * marks
+    return len(HYP['alphas']) * (2 if _cuts(area) else 1) * marks
+
+
+def _cuts(area):
+    """Whether the core factor's cut direction is scored: HYP['core'] on a pass with an `area`, and the
+    refinement off (_refinings). A refined patch direction already lies in one patch, so its cut is
+    itself and the factor exactly 1: scoring it would only cost time."""
+    return bool(HYP['core'] and area) and not _refinings()
 
 
 def _plan(step_seconds, seconds, num_classes, n_images, score_seconds=0.0):
@@ -892,7 +899,7 @@ def _decide(runs, own, transfer):
 def _every_class(split, h0, labels, num_classes, chunk, steps, end, bounds, area):
     """Statistics of all classes, `chunk` classes at a time, and where each class's direction lands
     (a list of (chunk, F) tensors; None entries for the 'margin' statistic), and the statistics under the
-    cut direction (a list; None unless HYP['core'] and an area, see _transfer). Chunk i stops at its mark,
+    cut direction (a list; None unless _cuts(area), see _transfer). Chunk i stops at its mark,
     (i + 1) / chunks of the time left until `end`: a slow chunk (the machine got busier after the plan
     was made) cannot leave the later classes a step each."""
     stats, landed, cut = [], [], []

@@ -15,7 +15,8 @@ Reductions: 'mean' (the release's: rescoring reproduces the recorded p-value), '
 over the images not labelled with the class), 'median_other' (their median). With --json the rows are
 written in bench.evaluate's format, for bench.compare. --set changes a setting that acts after the
 margins (RESCORABLE: the factors' exponents, the log, the null); one recording with the core factor on
-holds the cut margins, so it rescores at any exponent, 0 included. Settings that change more (steps,
+and the refinement off holds the cut margins, so it rescores at any exponent, 0 included (with the
+refinement on, no cut is scored: the factor is 1 at any exponent). Settings that change more (steps,
 images, area, ...) need a new recording: pass them with --set when recording.
 """
 import argparse
@@ -115,7 +116,8 @@ def rescore(rec, reduce='mean', sets=()):
     with _restoring_hyp() as settings:
         settings.update(hyp)  # the recording's settings (landing, null, log, contrast_power, ...)
         override(solution, sets)
-        if settings['core'] and any(call.get('cut', [None])[0] is None for call in rec['passes'][0]['calls']):
+        # the cut is scored where solution scores it: core on, no refinement (refined, the factor is 1)
+        if solution._cuts(solution._area()) and any(call.get('cut', [None])[0] is None for call in rec['passes'][0]['calls']):
             raise ValueError('this record holds no cut margins (taken with the core factor off): it cannot be rescored with core on')
         runs = []
         for ps in rec['passes']:

@@ -242,10 +242,12 @@ def test_the_plan_pays_for_scoring_each_direction_after_the_steps():
     assert (n, steps) != (30, 25) and n * (steps * step + 0.04) * k <= seconds
 
 
-def test_the_planned_scoring_is_the_scoring_the_passes_run(toy_model, image_folder, fast, monkeypatch):
+@pytest.mark.parametrize('refine', [0.0, 1.0])
+def test_the_planned_scoring_is_the_scoring_the_passes_run(toy_model, image_folder, fast, monkeypatch, refine):
     """_scorings(area), which the plan charges per image and class, is the number of forward passes each
-    image makes per class after a pass's steps, patch pass (core factor on: the cut direction too) and
-    dense pass alike."""
+    image makes per class after a pass's steps, patch pass (core factor on and no refinement: the cut
+    direction too) and dense pass alike."""
+    monkeypatch.setitem(solution.HYP, 'refine', refine)
     monkeypatch.setitem(solution.HYP, 'contrast', True)
     monkeypatch.setitem(solution.HYP, 'contrast_plan', 1)
     rows, inside = [], [False]
@@ -269,7 +271,8 @@ def test_the_planned_scoring_is_the_scoring_the_passes_run(toy_model, image_fold
     assert {area for area, _, _ in rows} == {solution.HYP['area'], 0.0}  # both passes scored
     for area, images_x_classes, forwards in rows:
         assert forwards == images_x_classes * solution._scorings(area)
-    assert solution._scorings(solution.HYP['area']) == 2 * solution._scorings(0.0)  # the cut direction, patch pass only
+    cuts = 1 if refine else 2  # the cut direction, patch pass only, when not refined
+    assert solution._scorings(solution.HYP['area']) == cuts * solution._scorings(0.0)
 
 
 def test_the_plan_charges_the_refinement_steps_and_refine_is_checked(toy_model, image_folder, fast, monkeypatch):

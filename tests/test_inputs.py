@@ -96,14 +96,22 @@ def test_core_factor_enters_the_patch_test_only(toy_model, image_folder, fast, m
         solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
 
 
-def test_with_the_refinement_the_core_factor_is_one(toy_model, image_folder, fast, monkeypatch):
+def test_with_the_refinement_the_cut_is_not_scored_and_would_change_nothing(toy_model, image_folder, fast, monkeypatch):
     """The refinement keeps the patch pass's direction to the `area` share of its positions, so cutting it
-    to that share changes nothing: every class's core factor is 1, and the release runs, in effect,
-    without the core factor (RESULTS.md, The refinement)."""
+    to that share gives the direction back: the cut is not scored (_cuts) and every core factor is 1."""
     monkeypatch.setitem(solution.HYP, 'core', 1.0)
     monkeypatch.setitem(solution.HYP, 'refine', 1.0)
+    assert not solution._cuts(solution._area())
     ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
-    assert ev['core'] == pytest.approx([1.0] * 10, abs=1e-4)
+    assert ev['core'] == [1.0] * 10
+    g = torch.Generator().manual_seed(0)
+    split = solution._Split(toy_model, solution.HYP['split'])  # where the search runs
+    with torch.no_grad():
+        h0 = split.features(torch.rand(4, 3, 32, 32, generator=g))
+    u0 = torch.nn.functional.normalize(torch.randn(2, 1, h0[0].numel(), generator=g), dim=2)
+    u = solution._refine(split, h0, u0, torch.tensor([1, 3]).repeat_interleave(4), solution._area(), 3)
+    assert not torch.allclose(solution._core(u0, h0.shape[1:], solution._area()), u0, atol=1e-3)  # a start is cut
+    assert torch.allclose(solution._core(u, h0.shape[1:], solution._area()), u, atol=1e-6)  # a refined one is not
 
 
 def test_log_takes_log1p_of_each_class_and_the_test_follows(toy_model, image_folder, fast, monkeypatch):

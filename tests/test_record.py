@@ -69,10 +69,23 @@ def test_a_core_record_rescores_at_another_exponent(toy_model, image_folder, fas
 
 
 def test_a_record_without_cut_margins_refuses_the_core_factor(toy_model, image_folder, fast, monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'refine', 0.0)  # unrefined, a cut would have been scored with core on
     monkeypatch.setitem(solution.HYP, 'core', 0.0)
     rec = record.record(toy_model, 10, image_folder, CIFAR_LIKE)
     with pytest.raises(ValueError, match='cut margins'):
         record.rescore(rec, 'mean', ['core=0.5'])
+
+
+def test_a_refined_record_rescores_with_the_core_factor_on_as_one(toy_model, image_folder, fast, monkeypatch):
+    """Refined, no cut is scored (solution._cuts): the record holds none, and rescoring it with the core
+    factor on reproduces the call, whose factors are all 1."""
+    monkeypatch.setitem(solution.HYP, 'refine', 1.0)
+    monkeypatch.setitem(solution.HYP, 'core', 0.5)
+    rec = record.record(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert all(c is None for call in rec['passes'][0]['calls'] for c in call['cut'])
+    p, target, finals = record.rescore(rec, 'mean', ['core=1.0'])
+    assert math.isclose(p, rec['evidence']['p_value'], rel_tol=1e-5, abs_tol=1e-12)
+    assert finals[0] == pytest.approx(rec['evidence']['per_class'], rel=1e-5)
 
 
 def test_other_reductions_leave_out_the_class_images(rec):
