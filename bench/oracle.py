@@ -72,6 +72,7 @@ def trigger_terms(model, clean, triggered, target, n=ORACLE_IMAGES):
     goal = torch.full((len(hc),), target, dtype=torch.long)
     with _restoring_hyp() as hyp:
         hyp['core'] = 1.0  # the cut statistic is wanted whatever the release's exponent
+        hyp['refine'] = 0.0  # the trigger's own direction, scored as found (and cut: solution._cuts)
         stats, _, cut = solution._transfer(split, hc, ht - hc, goal, solution.HYP['area'])
     s, c = stats[0].item(), cut[0].item()
     return {'r': (d.norm(dim=1) / norm).median().item(), 'pos90': pos90.median().item(),

@@ -219,6 +219,7 @@ class _PooledHead(_LinearHead):
 
 
 def test_core_factor_discounts_a_direction_spread_over_positions(monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'refine', 0.0)  # refined, the cut is not scored (solution._cuts)
     monkeypatch.setitem(solution.HYP, 'alphas', (1.0,))
     monkeypatch.setitem(solution.HYP, 'core', 1.0)
     g = torch.Generator().manual_seed(3)
