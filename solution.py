@@ -36,9 +36,9 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        is easy to reach naturally); it raised the AUROC on CIFAR-10 and the default zoo but added three
        false positives on GTSRB, whose classes have about 3 images each (RESULTS.md).
     3. Each class's statistic is multiplied by landing() ** HYP['landing'] (2 by default, the square;
-       0 turns it off): how far its shared direction lands the pushed images from the class's own clean images,
-       in penultimate features, relative to how far both lie from the mean image (a number in
-       [0, 1]). A naturally easy class's direction is that class's own evidence and lands the images
+       0 turns it off): how far its shared direction lands the pushed images from the class's own
+       clean images, in penultimate features, relative to how far both lie from the mean image (a
+       number in [0, 1]). A naturally easy class's direction is that class's own evidence and lands the images
        on its clean images; a trigger is a feature of its own and lands them off them. On five real
        data sets it cut false positives from 7 of 30 clean models to 4 at exponent 1; the square was
        adopted later, under the refinement, on 23 new CIFAR-10 and MNIST models (RESULTS.md).
