@@ -65,6 +65,11 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        go through step 4, and the model is
        backdoored iff 1 - (1 - min(p_patch, p_contrast))^2 < P_THRESHOLD (Sidak's correction for taking
        the smaller of two p-values), the file's one tuned constant.
+    6. Off by default, HYP['spike'] adds a third test: per class, spike() asks how far its patch
+       direction drives some penultimate unit beyond the folder's clean images (the largest z over
+       the units of where it lands them). A trigger is a feature of its own and often has units of
+       its own; a naturally easy class lands its images among that class's clean ones. Its K values
+       go through step 4 too, and the correction becomes 1 - (1 - min of three)^3 (RESULTS.md).
 
 Time: detect() keeps a wall-clock budget (HYP['budget_s'], 40 s) on any hardware. It times one
 optimisation step and one forward pass, then picks the number of images and steps from a fixed ladder
@@ -125,6 +130,7 @@ HYP = {
     'refine': 1.0,           # transfer: then ascend each class's shared direction itself for this share of the search's steps (0 = off; _refine)
     'core': 0.5,             # transfer, patch test: multiply each class's statistic by min(1, C / S) to this power (0 = off), C its statistic under the shared direction cut to one patch (_core)
     'landing': 2.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction lands from its clean images
+    'spike': False,          # transfer: a third test, spike(): how far each class's patch direction drives some penultimate unit beyond the clean images
     'log': False,            # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
     'null': 'plug-in',       # p of the largest statistic: 'plug-in' 1 - F(max)^K (the seed's), or 'exact' (exact_tail)
@@ -141,7 +147,7 @@ HYP = {
 
 CHOICES = {'mode': ('free', 'universal'), 'init': ('images', 'noise'), 'reduce': ('max', 'mean'),
            'exclude_own': (False, True), 'statistic': ('transfer', 'margin'), 'own_norm': (True, False),
-           'log': (False, True), 'contrast': (False, True), 'leave_one_out': (False, True),
+           'log': (False, True), 'spike': (False, True), 'contrast': (False, True), 'leave_one_out': (False, True),
            'null': ('plug-in', 'exact')}
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.gif', '.tif', '.tiff', '.webp'}
@@ -809,7 +815,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             h_all = split.features(x.to(device))  # (N, C, H, W)
         transfer = HYP['statistic'] == 'transfer'  # the factors below scale the transfer statistic only
         lands = transfer and HYP['landing'] > 0
-        wants_feats = (lands or transfer and HYP['own_norm']) and not data_free
+        wants_feats = (lands or transfer and (HYP['own_norm'] or HYP['spike'])) and not data_free
         feats, y = _clean_features(split, h_all, labels, num_classes) if wants_feats else (None, None)
         own = own_margins(split, feats, y, num_classes) if HYP['own_norm'] else [0.0] * num_classes
         if HYP['init'] == 'noise':  # start from uniform noise over that range instead of the images
@@ -839,15 +845,17 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         chosen = _balanced_indices(labels, n)
         h0, l0 = h_all[chosen], labels[chosen]
         t0 = time.monotonic()
-        runs = []  # per pass: (raw statistics, landing factors, core factors)
+        runs, spikes = [], None  # per pass: (raw statistics, landing factors, core factors)
         for j, (area, pass_bounds) in enumerate(passes):
             end = t0 + (deadline - t0) * (j + 1) / len(passes)
             stats, landed, cut = _every_class(split, h0, l0, num_classes, chunk, steps, end, pass_bounds, area)
             far = _landing_factors(landed, feats, y, num_classes) if transfer else [1.0] * num_classes
             runs.append((stats, far, core_factors(stats, cut)))
-    if not all(math.isfinite(v) for run in runs for v in run[0] + run[1] + run[2] + own):
+            if j == 0 and transfer and HYP['spike'] and feats is not None:
+                spikes = spike(torch.cat(landed), feats)
+    if not all(math.isfinite(v) for run in runs for v in run[0] + run[1] + run[2] + own + (spikes or [])):
         raise ValueError('the model gives non-finite outputs (NaN or inf) on these images; no test is possible')
-    finals, per_contrast, p, p_patch, test, judged = _decide(runs, own, transfer)
+    finals, per_contrast, p, p_patch, test, judged = _decide(runs, own, transfer, spikes)
     raw, far, cores = runs[0]
     stats, dense = finals[0], finals[1] if len(finals) > 1 else None
     target = int(np.argmax(judged))
@@ -855,7 +863,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     return {
         'verdict': 0 if p < P_THRESHOLD else 1,  # 0 backdoored, 1 clean
         'p_value': p,
-        'judged': test,                          # the test with the smaller p-value: 'patch' (per_class) or 'contrast'
+        'judged': test,                          # the test with the smallest p-value: 'patch' (per_class), 'contrast' or 'spike'
         'statistic': judged[target],             # that test's largest statistic
         'target': target,                        # the class it belongs to: the suspected backdoor target
         'per_class': stats,                      # the patch test's statistics (steps 1-3, and the core factor)
@@ -866,18 +874,20 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'p_patch': p_patch,                      # the patch pass's own p-value (= p_value without the contrast)
         'per_class_dense': dense,                # contrast: the dense pass's statistics (None when off)
         'per_class_contrast': per_contrast,      # contrast: contrast() of the two passes (None when off)
+        'per_class_spike': spikes,               # spike: spike() of the patch pass (None when off or data-free)
         'null_loc': loc, 'null_scale': scale,    # the null fitted to that test's other statistics
         'images': int(len(h0)), 'steps': steps, 'data_free': data_free,
         'seconds': time.monotonic() - start, 'device': str(device),
     }
 
 
-def _decide(runs, own, transfer):
+def _decide(runs, own, transfer, spikes=None):
     """From each pass's (raw statistics, landing factors, core factors) and the classes' own margins:
     the final statistics per pass, the contrast (None with one pass), the p-value, the patch test's own
-    p-value, which test decided ('patch' or 'contrast') and that test's statistics. The core factors
-    enter the patch test only: the contrast asks how easy a class is with a patch at all. A second
-    pass (the dense one) brings in the contrast."""
+    p-value, which test decided ('patch', 'contrast' or 'spike') and that test's statistics. The core
+    factors enter the patch test only: the contrast asks how easy a class is with a patch at all. A
+    second pass (the dense one) brings in the contrast; per-class spike() values (HYP['spike']) a third
+    test. The p-value is Sidak's over the tests run: 1 - (1 - the smallest) ** (how many)."""
     finals, plain = [], []
     for stats, far, cores in runs:
         base = [s * f / (1.0 + o) for s, o, f in zip(stats, own, far)]
@@ -886,14 +896,12 @@ def _decide(runs, own, transfer):
             base, stats = [math.log1p(s) for s in base], [math.log1p(s) for s in stats]
         finals.append(stats)
         plain.append(base)
-    judged, test, per_contrast = finals[0], 'patch', None
-    p = p_patch = max_p_value(judged)
-    if len(finals) > 1:
-        per_contrast = contrast(plain[0], plain[1])
-        p_contrast = max_p_value(per_contrast)
-        if p_contrast < p_patch:  # the contrast's largest class is the suspect
-            judged, test = per_contrast, 'contrast'
-        p = 1 - (1 - min(p_patch, p_contrast)) ** 2  # Sidak: the smaller of two p-values
+    per_contrast = contrast(plain[0], plain[1]) if len(finals) > 1 else None
+    tests = [('patch', finals[0]), ('contrast', per_contrast), ('spike', spikes)]
+    tests = [(name, v, max_p_value(v)) for name, v in tests if v is not None]
+    p_patch = tests[0][2]
+    test, judged, p_min = min(tests, key=lambda t: t[2])  # the first of equals: the patch test on a tie
+    p = p_min if len(tests) == 1 else 1 - (1 - p_min) ** len(tests)  # Sidak: the smallest of len(tests) p-values
     return finals, per_contrast, p, p_patch, test, judged
 
 
@@ -924,6 +932,21 @@ def contrast(patch, dense):
     mp, md = (max(sum(v) / len(v), 1e-12) for v in (patch, dense))
     q = HYP['contrast_power']
     return [(d / md) / (p / mp + 1) ** q for p, d in zip(patch, dense)]
+
+
+def spike(landed, feats):
+    """Per class: how far its direction drives some penultimate unit beyond the clean images,
+    max over units j of (landed[j] - mu[j]) / sd[j], clamped at 0, where landed (K, F) is where the
+    class's direction lands the pushed images (the landing points landing() reads) and mu, sd are the
+    mean and standard deviation of the folder's clean features (N, F). A trigger is a feature of its
+    own and typically drives a unit of its own far out; a naturally easy class lands its images
+    among the clean images of that class, inside the clean range."""
+    with torch.no_grad():
+        feats, landed = feats.double(), landed.double().to(feats.device)
+        sd = feats.std(0) if len(feats) > 1 else torch.zeros_like(feats[0])
+        floor = 1e-6 * max(1.0, sd.max().item())  # a unit constant over the clean images: its z would explode
+        z = (landed - feats.mean(0)) / sd.clamp(min=floor)
+        return z.max(1).values.clamp(min=0).tolist()
 
 
 def _balanced_indices(labels, n):

@@ -14,7 +14,7 @@ the statistic can be tried on many models in seconds, paired with the run that p
 Reductions: 'mean' (the release's: rescoring reproduces the recorded p-value), 'mean_other' (the mean
 over the images not labelled with the class), 'median_other' (their median). With --json the rows are
 written in bench.evaluate's format, for bench.compare. --set changes a setting that acts after the
-margins (RESCORABLE: the factors' exponents, the log, the null); one recording with the core factor on
+margins (RESCORABLE: the factors' exponents, the log, the null, the spike test); one recording with the core factor on
 and the refinement off holds the cut margins, so it rescores at any exponent, 0 included (with the
 refinement on, no cut is scored: the factor is 1 at any exponent). Settings that change more (steps,
 images, area, ...) need a new recording: pass them with --set when recording.
@@ -98,7 +98,7 @@ REDUCE = {
 
 
 # The settings rescoring applies itself (solution._decide and the factors); any other needs a new recording.
-RESCORABLE = ('core', 'landing', 'log', 'contrast_power', 'null')
+RESCORABLE = ('core', 'landing', 'log', 'contrast_power', 'null', 'spike')
 
 
 def rescore(rec, reduce='mean', sets=()):
@@ -119,7 +119,7 @@ def rescore(rec, reduce='mean', sets=()):
         # the cut is scored where solution scores it: core on, no refinement (refined, the factor is 1)
         if solution._cuts(solution._area()) and any(call.get('cut', [None])[0] is None for call in rec['passes'][0]['calls']):
             raise ValueError('this record holds no cut margins (taken with the core factor off): it cannot be rescored with core on')
-        runs = []
+        runs, spikes = [], None
         for ps in rec['passes']:
             stats, landed, cut = [], [], []
             for call in ps['calls']:
@@ -134,7 +134,9 @@ def rescore(rec, reduce='mean', sets=()):
                 cuts = call.get('cut', [None])
                 cut = None if cut is None or cuts[0] is None else cut + solution._best_cut([reduced(c) for c in cuts]).tolist()
             runs.append((stats, solution._landing_factors(landed, rec['feats'], rec['y'], k), solution.core_factors(stats, cut)))
-        finals, _, p, _, _, judged = solution._decide(runs, rec['evidence']['own_margin'], True)
+            if len(runs) == 1 and settings['spike'] and rec['feats'] is not None:  # the patch pass's landing points
+                spikes = solution.spike(torch.cat(landed), rec['feats'])
+        finals, _, p, _, _, judged = solution._decide(runs, rec['evidence']['own_margin'], True, spikes)
     return p, max(range(k), key=lambda i: judged[i]), finals
 
 

@@ -194,6 +194,29 @@ def test_the_contrast_runs_a_patch_pass_then_a_dense_pass_inside_one_budget(toy_
     assert e['statistic'] == max(judged) and e['target'] == judged.index(max(judged))
 
 
+def test_the_spike_test_reads_the_patch_pass_landing_points_and_joins_the_correction(toy_model, image_folder, fast, monkeypatch):
+    """HYP['spike'] on: spike() of the patch pass's landing points against the folder's clean
+    features is a third test, and the p-value is Sidak's over the three; off, it is absent."""
+    monkeypatch.setitem(solution.HYP, 'contrast', True)
+    monkeypatch.setitem(solution.HYP, 'contrast_plan', 1)  # both passes run whatever the plan
+    landings, cleans = [], []
+    real_land, real_feats = solution._landing_factors, solution._clean_features
+    monkeypatch.setattr(solution, '_landing_factors', lambda landed, *a: landings.append(torch.cat(landed)) or real_land(landed, *a))
+    monkeypatch.setattr(solution, '_clean_features', lambda *a: cleans.append(real_feats(*a)) or cleans[-1])
+    monkeypatch.setitem(solution.HYP, 'spike', True)
+    e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert len(landings) == 2 and len(cleans) == 1  # the patch pass, the dense pass; clean features once
+    assert e['per_class_spike'] == pytest.approx(solution.spike(landings[0], cleans[0][0]))
+    ps = {'patch': e['p_patch'], 'contrast': solution.max_p_value(e['per_class_contrast']),
+          'spike': solution.max_p_value(e['per_class_spike'])}
+    assert e['p_value'] == pytest.approx(1 - (1 - min(ps.values())) ** 3)
+    assert e['judged'] == min(ps, key=ps.get)
+    monkeypatch.setitem(solution.HYP, 'spike', False)
+    off = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert off['per_class_spike'] is None and off['per_class'] == e['per_class']
+    assert off['p_value'] == pytest.approx(1 - (1 - min(ps['patch'], ps['contrast'])) ** 2)
+
+
 def test_when_two_passes_would_starve_the_patch_pass_runs_alone_with_the_whole_budget(toy_model, image_folder, fast, monkeypatch):
     """A plan of fewer than HYP['contrast_plan'] images x steps per class for each of two passes (a
     full-width 100-class model on a small CPU) drops the dense pass: the patch pass is planned again

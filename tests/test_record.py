@@ -54,6 +54,18 @@ def test_mean_reproduces_a_record_taken_with_the_core_factor(toy_model, image_fo
     assert finals[0] == pytest.approx(ev['per_class'], rel=1e-5)
 
 
+def test_a_record_without_the_spike_rescores_with_it_as_a_spike_run_would_score(toy_model, image_folder, fast, monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'contrast_plan', 1)  # both passes: three tests with the spike
+    plain = record.record(toy_model, 10, image_folder, CIFAR_LIKE)
+    monkeypatch.setitem(solution.HYP, 'spike', True)
+    ev = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    monkeypatch.setitem(solution.HYP, 'spike', False)
+    p, target, _ = record.rescore(plain, 'mean', ['spike=True'])
+    assert ev['per_class_spike'] is not None and plain['evidence']['per_class_spike'] is None
+    assert math.isclose(p, ev['p_value'], rel_tol=1e-5, abs_tol=1e-12) and target == ev['target']
+    assert record.rescore(plain, 'mean')[0] == pytest.approx(plain['evidence']['p_value'], rel=1e-5, abs=1e-12)
+
+
 def test_a_core_record_rescores_at_another_exponent(toy_model, image_folder, fast, monkeypatch):
     monkeypatch.setitem(solution.HYP, 'refine', 0.0)  # refined, the direction is one patch: the factor would be 1
     monkeypatch.setitem(solution.HYP, 'core', 1.0)

@@ -290,6 +290,34 @@ def test_landing_is_small_on_the_class_own_images_and_large_off_them():
     assert solution.landing(landed, None, None, 4) == [1.0] * 4  # data-free: neutral
 
 
+def test_spike_measures_how_far_a_landing_drives_a_unit_past_the_clean_features():
+    feats = torch.tensor([[0.0, 1.0, 5.0], [2.0, 3.0, 5.0], [1.0, 2.0, 5.0]])  # unit 2 constant over the clean images
+    sd = feats.std(0)
+    landed = torch.tensor([[1.0, 2.0, 5.0],     # the clean mean: no unit out
+                           [7.0, 2.0, 5.0],     # unit 0 six clean sds out
+                           [-9.0, -9.0, 5.0],   # below the clean mean everywhere: clamped to 0
+                           [1.0, 2.0, 5.001]])  # the constant unit moved a hair: the floor keeps it finite
+    z = solution.spike(landed, feats)
+    assert z[0] == pytest.approx(0.0) and z[2] == 0.0
+    assert z[1] == pytest.approx(6.0 / sd[0].item())
+    assert math.isfinite(z[3]) and z[3] > z[1]  # the floor is 1e-6 of the largest sd: any move there is far
+    assert solution.spike(landed, feats[:1])[1] > 0  # one clean image: no sd, still defined
+
+
+def test_decide_takes_the_smallest_of_three_p_values_sidak_corrected():
+    k = 10
+    flat = [1.0 + 0.1 * i for i in range(k)]
+    runs = [(flat, [1.0] * k, [1.0] * k), (flat, [1.0] * k, [1.0] * k)]
+    spikes = [0.5 + 0.05 * i for i in range(k)]
+    spikes[4] = 40.0  # one class drives a unit far out; the two margin tests see nothing
+    _, _, p2, p_patch, test2, _ = solution._decide(runs, [0.0] * k, True)
+    _, _, p3, p_patch3, test3, judged = solution._decide(runs, [0.0] * k, True, spikes)
+    assert test2 != 'spike' and test3 == 'spike' and judged == spikes and p_patch3 == p_patch
+    assert p3 == pytest.approx(1 - (1 - solution.max_p_value(spikes)) ** 3) and p3 < 0.08 < p2
+    _, _, p1, _, _, _ = solution._decide(runs[:1], [0.0] * k, True, None)
+    assert p1 == solution.max_p_value(flat)  # one test: no correction at all
+
+
 def _count_transfers(monkeypatch):
     """Replace _transfer by a recorder: the i-th call returns statistics i + 1 and landing points i + 1."""
     calls = []
