@@ -852,8 +852,8 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             stats, landed, cut = _every_class(split, h0, l0, num_classes, chunk, steps, end, pass_bounds, area)
             far = _landing_factors(landed, feats, y, num_classes) if transfer else [1.0] * num_classes
             runs.append((stats, far, core_factors(stats, cut)))
-            if j == 0 and transfer and HYP['spike'] and feats is not None:
-                spikes = spike(torch.cat(landed), feats)
+            if j == 0 and transfer:  # the patch pass
+                spikes = _spikes(landed, feats)
     if not all(math.isfinite(v) for run in runs for v in run[0] + run[1] + run[2] + own + (spikes or [])):
         raise ValueError('the model gives non-finite outputs (NaN or inf) on these images; no test is possible')
     finals, per_contrast, p, p_patch, test, judged = _decide(runs, own, transfer, spikes)
@@ -948,6 +948,12 @@ def spike(landed, feats):
         floor = 1e-6 * max(1.0, sd.max().item())  # a unit constant over the clean images: its z would explode
         z = (landed - feats.mean(0)) / sd.clamp(min=floor)
         return z.max(1).values.clamp(min=0).tolist()
+
+
+def _spikes(landed, feats):
+    """spike() of a pass's landing points (a list of (chunk, F) tensors) when HYP['spike'] is on and
+    there are clean features; None otherwise (off, or a data-free run)."""
+    return spike(torch.cat(landed), feats) if HYP['spike'] and feats is not None else None
 
 
 def _balanced_indices(labels, n):

@@ -134,8 +134,8 @@ def rescore(rec, reduce='mean', sets=()):
                 cuts = call.get('cut', [None])
                 cut = None if cut is None or cuts[0] is None else cut + solution._best_cut([reduced(c) for c in cuts]).tolist()
             runs.append((stats, solution._landing_factors(landed, rec['feats'], rec['y'], k), solution.core_factors(stats, cut)))
-            if len(runs) == 1 and settings['spike'] and rec['feats'] is not None:  # the patch pass's landing points
-                spikes = solution.spike(torch.cat(landed), rec['feats'])
+            if len(runs) == 1:  # the patch pass's landing points
+                spikes = solution._spikes(landed, rec['feats'])
         finals, _, p, _, _, judged = solution._decide(runs, rec['evidence']['own_margin'], True, spikes)
     return p, max(range(k), key=lambda i: judged[i]), finals
 
