@@ -3,11 +3,13 @@
     python -m bench.compare cache/results/default-solution.json cache/results/default-nc.json ...
 
 Each file is what `bench.evaluate --json` wrote; files of the same detector and settings (say, one per
-zoo) are merged. One row per detector (solution first), columns: accuracy,
-AUROC, false positives and misses over the backdoors with ASR >= 80%, the detection rate per attack,
-weak backdoors flagged, mean seconds per model and n. The figures are recomputed from the rows over the
-models every file has, so detectors are compared on the same models even when one run was cut short.
-`--by data` gives one row per detector and data set instead (say, one detector over a whole `real` zoo).
+zoo) are merged. One row per detector (solution first), columns: accuracy, AUROC, false positives and
+misses over the backdoors with ASR >= 80%, the detection rate per attack, `at target` (of the strong
+backdoors flagged, how many at their true target class: one flagged at another class was right for
+another reason than its trigger), weak backdoors flagged, mean seconds per model and n. The figures are
+recomputed from the rows over the models every file has, so detectors are compared on the same models
+even when one run was cut short. `--by data` gives one row per detector and data set instead (say, one
+detector over a whole `real` zoo).
 """
 import argparse
 import json
@@ -42,13 +44,15 @@ def table(runs):
     summaries = [(label, summarise(rows)) for label, rows in runs]
     summaries.sort(key=lambda x: not x[0].startswith('solution'))  # stable: data sets keep their order
     attacks = sorted({a for _, s in summaries for a in s['per_attack'] if a != 'clean'})
-    head = ['detector', 'accuracy', 'AUROC', 'FPR', 'FNR'] + attacks + ['weak flagged', 'mean s', 'n']
+    head = ['detector', 'accuracy', 'AUROC', 'FPR', 'FNR'] + attacks + ['at target', 'weak flagged', 'mean s', 'n']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for label, s in summaries:
         cells = [label, f'{s["accuracy"]:.2f}', f'{s["auroc"]:.2f}', f'{s["fpr"]:.2f}', f'{s["fnr"]:.2f}']
         for a in attacks:
             v = s['per_attack'].get(a)
             cells.append(f'{round(v["flagged"] * v["n"])}/{v["n"]}' if v else '-')
+        at, found = s['target_found']
+        cells.append(f'{at}/{found}' if found else '-')
         weak = s['weak']
         cells += [f'{round(weak["flagged"] * weak["n"])}/{weak["n"]}' if weak['n'] else '-',
                   f'{s["mean_s"]:.1f}', str(s['n'])]

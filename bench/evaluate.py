@@ -158,6 +158,7 @@ def summarise(rows, by_split=True):
         'weak': {'n': len(weak), 'flagged': rate(weak, 0)},
         'errors': len(rows) - len(done),
         'target_hit': (sum(r['target'] == r['true_target'] for r in hits) / len(hits) if hits else float('nan')),
+        'target_found': (sum(r['target'] == r['true_target'] for r in hits), len(hits)),  # the counts behind it
         'splits': ({k: summarise(rs, by_split=False) for k, rs in sorted(groups('split', rows).items()) if k}
                    if by_split else {}),
     }

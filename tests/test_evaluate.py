@@ -112,6 +112,19 @@ def test_compare_merges_the_files_of_one_detector(tmp_path, capsys):
     assert len(lines) == 4 and lines[2].startswith('| solution | 1.00 |') and lines[2].endswith('| 2 |')
 
 
+
+def test_compare_counts_the_backdoors_flagged_at_their_true_target(tmp_path, capsys):
+    from bench import compare
+    rows = [_row(0, 0, 'tune', 0.01, 100), _row(0, 0, 'tune', 0.02, 100), _row(0, 1, 'tune', 0.3, 100),
+            _row(1, 1, 'tune', 0.5)]
+    rows[1] = dict(rows[1], target=3)  # flagged, but at another class than its target 0
+    (tmp_path / 'sol.json').write_text(json.dumps({'detector': 'solution', 'settings': [], 'rows': rows}))
+    compare.main([str(tmp_path / 'sol.json')])
+    head, _, row = capsys.readouterr().out.strip().splitlines()
+    cells = dict(zip(head.strip('|').split('|'), row.strip('|').split('|')))
+    assert cells[' at target '] == ' 1/2 ' and cells[' badnets '] == ' 2/3 '
+
+
 def test_compare_by_data_gives_one_row_per_data_set(tmp_path, capsys):
     from bench import compare
     rows = [_row(0, 0, 'tune', 0.01, 100), _row(1, 1, 'tune', 0.5), _row(1, 0, 'tune', 0.03)]
