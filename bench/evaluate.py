@@ -149,6 +149,7 @@ def summarise(rows, by_split=True):
     weak = [r for r in done if is_weak(r)]
     # of the backdoored models flagged, those whose suspected target is the true one
     hits = [r for r in pos if r['verdict'] == 0 and r['true_target'] is not None]
+    at_target = sum(r['target'] == r['true_target'] for r in hits)
     return {
         'n': len(main), 'accuracy': len(correct) / len(main) if main else float('nan'),
         'auroc': auroc([suspicion(r) for r in pos], [suspicion(r) for r in neg]),
@@ -157,8 +158,8 @@ def summarise(rows, by_split=True):
         'per_attack': per_attack, 'per_data': per_data,
         'weak': {'n': len(weak), 'flagged': rate(weak, 0)},
         'errors': len(rows) - len(done),
-        'target_hit': (sum(r['target'] == r['true_target'] for r in hits) / len(hits) if hits else float('nan')),
-        'target_found': (sum(r['target'] == r['true_target'] for r in hits), len(hits)),  # the counts behind it
+        'target_hit': at_target / len(hits) if hits else float('nan'),
+        'target_found': (at_target, len(hits)),  # the counts behind target_hit
         'splits': ({k: summarise(rs, by_split=False) for k, rs in sorted(groups('split', rows).items()) if k}
                    if by_split else {}),
     }

@@ -112,7 +112,6 @@ def test_compare_merges_the_files_of_one_detector(tmp_path, capsys):
     assert len(lines) == 4 and lines[2].startswith('| solution | 1.00 |') and lines[2].endswith('| 2 |')
 
 
-
 def test_compare_counts_the_backdoors_flagged_at_their_true_target(tmp_path, capsys):
     from bench import compare
     rows = [_row(0, 0, 'tune', 0.01, 100), _row(0, 0, 'tune', 0.02, 100), _row(0, 1, 'tune', 0.3, 100),
