@@ -71,6 +71,13 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        the units of where it lands them). A trigger is a feature of its own and often has units of
        its own; a naturally easy class lands its images among that class's clean ones. Its K values
        go through step 4 too, and the correction becomes 1 - (1 - min of three)^3 (RESULTS.md).
+    7. Off by default, HYP['confirm'] (a share of the time) adds the seed's own test as a confirmation:
+       per class, the largest margin any image reaches when its conv1 + layer1[0] activation is pushed
+       towards the class by sign steps (_margin_search, up to HYP['confirm_steps'], the seed's 100),
+       judged by step 4's null. The model is backdoored only where both p-values are below
+       P_THRESHOLD, p = max(p, p_margin) (an intersection-union test: no correction needed, the one
+       constant unchanged). The seed's test rarely flags a clean model but misses many backdoors; the
+       release finds more backdoors and flags more clean models (RESULTS.md, The confirming test).
 
 Time: detect() keeps a wall-clock budget (HYP['budget_s'], 40 s) on any hardware. It times one
 optimisation step and one forward pass, then picks the number of images and steps from a fixed ladder
@@ -78,7 +85,9 @@ so that the whole run (both passes, each given half of the time, the steps and t
 class's direction after them) fits; on a GPU the full setting fits easily, on a 2-core CPU it is
 scaled down. Where half the time would leave each pass a plan of fewer than
 HYP['contrast_plan'] images x steps per class (full-width 100-class or 64 px models on a 2-core CPU),
-the patch pass runs alone with all of it, as with the contrast off.
+the patch pass runs alone with all of it, as with the contrast off. With HYP['confirm'], that share
+of the time is planned for the confirming test (its own images x steps from the same ladder) and the
+release's passes plan with the rest; the confirming test runs last, until the deadline.
 
 Side effects: none. The caller's model is deep-copied (parameters, buffers, training flag, device and
 requires_grad flags stay as they were), the transformation is only called, the global RNG states
@@ -132,6 +141,8 @@ HYP = {
     'core': 0.5,             # transfer, patch test: multiply each class's statistic by min(1, C / S) to this power (0 = off), C its statistic under the shared direction cut to one patch (_core)
     'landing': 1.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction lands from its clean images
     'spike': False,          # transfer: a third test, spike(): how far each class's patch direction drives some penultimate unit beyond the clean images
+    'confirm': 0.0,          # share of the planned time for a confirming test, the seed's largest margin (_margin_search); backdoored iff both p < P_THRESHOLD (0 = off)
+    'confirm_steps': 100,    # confirm: sign steps per class at most (the seed's 100; the plan may take fewer)
     'log': False,            # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
     'null': 'plug-in',       # p of the largest statistic: 'plug-in' 1 - F(max)^K (the seed's), or 'exact' (exact_tail)
@@ -698,13 +709,15 @@ def _cuts(area):
     return bool(HYP['core'] and area) and not _refinings()
 
 
-def _plan(step_seconds, seconds, num_classes, n_images, score_seconds=0.0):
+def _plan(step_seconds, seconds, num_classes, n_images, score_seconds=0.0, max_steps=None):
     """Images and steps per class that fit `seconds`, from a fixed ladder (coarse, so a run repeats): each
-    image costs `step_seconds` per step and `score_seconds` once, after the steps (_scorings)."""
+    image costs `step_seconds` per step and `score_seconds` once, after the steps (_scorings). The
+    ladder's top is HYP['steps'] steps, or `max_steps`."""
     n_max = min(HYP['images'], n_images)
     per_class = seconds / num_classes
+    top = HYP['steps'] if max_steps is None else max_steps
     for share in (1, 0.6, 0.4, 0.25, 0.1, 0.05):
-        steps = max(HYP['min_steps'], round(share * HYP['steps']))
+        steps = max(HYP['min_steps'], round(share * top))
         for n in (n_max, 12, 8, 4, 2):
             if n <= n_max and n * (steps * step_seconds + score_seconds) <= per_class:
                 return n, steps
@@ -799,6 +812,11 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         v = HYP[key]
         if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise ValueError(f"HYP['{key}'] is {v!r}; it is an exponent, a number >= 0 (0 = {zero})")
+    c, c_steps = HYP['confirm'], HYP['confirm_steps']
+    if isinstance(c, bool) or not (isinstance(c, (int, float)) and 0 <= c < 1):
+        raise ValueError(f"HYP['confirm'] is {c!r}; it is a share of the time, a number in [0, 1) (0 = off)")
+    if isinstance(c_steps, bool) or not (isinstance(c_steps, int) and c_steps >= 1):
+        raise ValueError(f"HYP['confirm_steps'] is {c_steps!r}; it is a number of steps, an int >= 1")
     r = HYP['refine']
     if isinstance(r, bool) or not (isinstance(r, (int, float)) and math.isfinite(r) and r >= 0):
         raise ValueError(f"HYP['refine'] is {r!r}; it is a share of the steps, a number >= 0 (0 = off)")
@@ -833,9 +851,14 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         else:
             bounds = None
         step_s, forward_s = _step_seconds(split, h_all, num_classes, chunk, bounds)
+        sign_s = step_s  # the confirming test's step: one forward-backward, no refinement (a little over its cost)
         step_s *= 1 + _refinings()  # each search step brings refinement steps with it (HYP['refine'])
         score_s = _scorings(_area()) * forward_s  # per image and class, after the steps (the patch pass: the most)
         left = 0.7 * (deadline - time.monotonic())  # 30% slack
+        share = HYP['confirm']  # the confirming test's share of the time; the release plans with the rest
+        if share:
+            n_c, steps_c = _plan(sign_s, share * left, num_classes, len(h_all), max_steps=HYP['confirm_steps'])
+            left *= 1 - share
         contrasted = _contrasted()
         if contrasted:  # two passes, each planned with half the time; below contrast_plan both would starve
             n, steps = _plan(step_s, left / 2, num_classes, len(h_all), score_s)
@@ -846,17 +869,29 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         chosen = _balanced_indices(labels, n)
         h0, l0 = h_all[chosen], labels[chosen]
         t0 = time.monotonic()
+        release_end = t0 + (1 - share) * (deadline - t0)
         runs, spikes = [], None  # per pass: (raw statistics, landing factors, core factors)
         for j, (area, pass_bounds) in enumerate(passes):
-            end = t0 + (deadline - t0) * (j + 1) / len(passes)
+            end = t0 + (release_end - t0) * (j + 1) / len(passes)
             stats, landed, cut = _every_class(split, h0, l0, num_classes, chunk, steps, end, pass_bounds, area)
             far = _landing_factors(landed, feats, y, num_classes) if transfer else [1.0] * num_classes
             runs.append((stats, far, core_factors(stats, cut)))
             if j == 0 and transfer:  # the patch pass
                 spikes = _spikes(landed, feats)
-    if not all(math.isfinite(v) for run in runs for v in run[0] + run[1] + run[2] + own + (spikes or [])):
+        per_margin = None
+        if share:  # the seed's test on its own images: a balanced subset, through conv1 and layer1[0]
+            seed_split = _Split(net, 2)
+            with torch.no_grad():
+                h2 = seed_split.features(x[_balanced_indices(labels, n_c)].to(device))  # (n_c, C, H, W)
+            chunk_c = max(1, min(num_classes, HYP['chunk_elems'] // h2.numel()))
+            per_margin = _margin_search(seed_split, h2, num_classes, chunk_c, steps_c, deadline)
+    if not all(math.isfinite(v) for run in runs for v in run[0] + run[1] + run[2] + own + (spikes or []) + (per_margin or [])):
         raise ValueError('the model gives non-finite outputs (NaN or inf) on these images; no test is possible')
     finals, per_contrast, p, p_patch, test, judged = _decide(runs, own, transfer, spikes)
+    p_release, p_margin = p, None
+    if per_margin is not None:  # an intersection-union test: backdoored only where both tests say so
+        p_margin = max_p_value(per_margin)
+        p = max(p_release, p_margin)
     raw, far, cores = runs[0]
     stats, dense = finals[0], finals[1] if len(finals) > 1 else None
     target = int(np.argmax(judged))
@@ -877,6 +912,10 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'per_class_contrast': per_contrast,      # contrast: contrast() of the two passes (None when off)
         'per_class_spike': spikes,               # spike: spike() of the patch pass (None when off or data-free)
         'null_loc': loc, 'null_scale': scale,    # the null fitted to that test's other statistics
+        'p_release': p_release,                  # the p-value of the tests above, before the confirming test
+        'p_margin': p_margin,                    # confirm: the confirming test's p-value (None when off)
+        'per_class_margin': per_margin,          # confirm: its largest margin per class (None when off)
+        'confirm_plan': (n_c, steps_c) if share else None,  # confirm: its images and steps per class
         'images': int(len(h0)), 'steps': steps, 'data_free': data_free,
         'seconds': time.monotonic() - start, 'device': str(device),
     }
@@ -922,6 +961,34 @@ def _every_class(split, h0, labels, num_classes, chunk, steps, end, bounds, area
         landed.append(where)
         cut = None if c_cut is None or cut is None else cut + c_cut
     return stats, landed, cut
+
+
+def _margin_search(split, h0, num_classes, chunk, steps, end):
+    """The seed's statistic, per class: the largest margin any image reaches when each image's activation
+    h0 (n, C, H, W) (after `split`'s stem; the seed's is conv1 + layer1[0]) is its own free variable,
+    pushed towards the class for `steps` sign steps. The seed rebuilds AdamW at every step, so each of
+    its steps is Adam's first, lr * g / (|g| + 1e-8) (a sign step, except where the gradient g is
+    tiny), plus the decoupled weight decay; this takes that step directly, on the release's warm-up and cosine schedule. The margins are those of the last
+    forward pass, as the seed reads them. Classes run `chunk` at a time, each chunk stopping at its share
+    of the time left until `end`."""
+    n, stats = len(h0), []
+    firsts = range(0, num_classes, chunk)
+    t0 = time.monotonic()
+    for i, c in enumerate(firsts):
+        mark = t0 + (end - t0) * (i + 1) / len(firsts)
+        classes = list(range(c, min(num_classes, c + chunk)))
+        target = torch.tensor(classes, device=h0.device).repeat_interleave(n)
+        var = h0.repeat(len(classes), 1, 1, 1).requires_grad_(True)  # (k*n, C, H, W)
+        for step in range(steps):
+            m = margin(split.logits(var), target)  # (k*n,)
+            grad, = torch.autograd.grad(m.sum(), var)
+            with torch.no_grad():
+                lr = _lr_at(step, steps)
+                var.mul_(1 - lr * HYP['weight_decay']).add_(grad / (grad.abs() + 1e-8), alpha=lr)  # Adam's eps
+            if time.monotonic() > mark:
+                break
+        stats += m.detach().view(len(classes), n).amax(1).tolist()
+    return stats
 
 
 def contrast(patch, dense):

@@ -95,6 +95,8 @@ def run_one(detector, folder, meta, explain_dir=None, detector_name='solution'):
                target=ev.get('target'), per_class=ev.get('per_class'), explain=None,
                p_patch=ev.get('p_patch'), per_class_dense=ev.get('per_class_dense'),  # solution's two tests
                per_class_contrast=ev.get('per_class_contrast'),
+               p_release=ev.get('p_release'), p_margin=ev.get('p_margin'),  # solution's confirming test
+               per_class_margin=ev.get('per_class_margin'), confirm_plan=ev.get('confirm_plan'),
                plan=f'{ev["images"]}x{ev["steps"]}' if 'steps' in ev else None)  # solution's images x steps
     if explain_dir and row['verdict'] != row['truth'] and row['truth'] in (0, 1):
         truth = {0: 'backdoored', 1: 'clean'}[row['truth']]

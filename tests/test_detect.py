@@ -54,10 +54,22 @@ def test_training_worked(twins):
     assert twins['badnets'][3]['asr'] > 90
 
 
-def test_backdoored_model_is_flagged(twins):
-    model, folder, transform, _ = twins['badnets']
-    ev = solution.evidence(model, 10, folder, transform)
-    assert ev['verdict'] == 0, ev
+@pytest.fixture(scope='module')
+def verdicts(twins):
+    """evidence() on both twins, once, with the confirming test on (HYP['confirm'] = 0.5): its
+    'p_release' is the release's own p-value at the same full plan, its 'verdict' the AND of both tests."""
+    saved = dict(solution.HYP)
+    solution.HYP.update(budget_s=600.0, confirm=0.5)
+    try:
+        return {kind: solution.evidence(model, 10, folder, transform) for kind, (model, folder, transform, _) in twins.items()}
+    finally:
+        solution.HYP.clear()
+        solution.HYP.update(saved)
+
+
+def test_backdoored_model_is_flagged(verdicts):
+    ev = verdicts['badnets']
+    assert ev['p_release'] < solution.P_THRESHOLD, ev  # the release alone
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -65,7 +77,15 @@ def test_backdoored_model_is_flagged(twins):
     'image by one small patch, which the transfer statistic takes for a trigger (RESULTS.md); '
     'this clean twin is flagged for the crescent class (p 0.0008 with the landing factor, 0.06 without '
     'it). Strict: a fix makes this fail as XPASS.'))
-def test_clean_twin_is_called_clean(twins):
-    model, folder, transform, _ = twins['clean']
-    ev = solution.evidence(model, 10, folder, transform)
-    assert ev['verdict'] == 1, ev
+def test_clean_twin_is_called_clean(verdicts):
+    ev = verdicts['clean']
+    assert ev['p_release'] >= solution.P_THRESHOLD, ev  # the release alone
+
+
+def test_the_confirming_test_flags_the_backdoor_and_clears_the_clean_twin(verdicts):
+    """With the seed's largest-margin test as a confirmation (HYP['confirm']), the BadNets twin is still
+    flagged, and the clean twin, which the release alone flags (the xfail above), is called clean."""
+    bad, clean = verdicts['badnets'], verdicts['clean']
+    assert bad['verdict'] == 0 and bad['p_margin'] < solution.P_THRESHOLD, bad
+    assert clean['p_release'] < solution.P_THRESHOLD, clean  # the release alone: the known false positive
+    assert clean['verdict'] == 1 and clean['p_margin'] >= solution.P_THRESHOLD, clean

@@ -1,0 +1,68 @@
+"""The confirming test (HYP['confirm']): the seed's largest margin at layer1[0], and the AND it enters."""
+import math
+
+import pytest
+import torch
+
+import solution
+from conftest import CIFAR_LIKE
+
+
+def test_margin_search_is_the_seed_reference_at_the_same_images(toy_model, monkeypatch):
+    """Same images, same steps, no early stop: the release's sign steps give the seed reference's margins."""
+    from bench.baselines import seed
+    monkeypatch.setitem(seed.HYP, 'steps', 20)
+    monkeypatch.setitem(seed.HYP, 'warmup', 2)  # the release warms up for int(0.1 * steps) steps
+    monkeypatch.setitem(seed.HYP, 'tol', 0.0)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 32, 32, generator=gen)
+    net = toy_model.requires_grad_(False)
+    with torch.enable_grad():
+        ref = [seed.class_statistic(net, x, t) for t in range(10)]
+        split = solution._Split(net, 2)
+        ours = solution._margin_search(split, split.features(x), 10, 3, 20, math.inf)
+    assert len(ours) == 10 and ours != [ours[0]] * 10
+    assert ours == pytest.approx(ref, rel=1e-4, abs=1e-5)
+
+
+def test_confirm_is_an_intersection_union_and_leaves_the_release_alone(toy_model, image_folder, fast, monkeypatch):
+    off = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert off['p_margin'] is None and off['per_class_margin'] is None and off['p_release'] == off['p_value']
+    monkeypatch.setitem(solution.HYP, 'confirm', 0.5)
+    monkeypatch.setitem(solution.HYP, 'confirm_steps', 16)
+    on = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert on['per_class'] == off['per_class'] and on['p_release'] == off['p_value']  # same plan, same release
+    assert on['confirm_plan'] == (6, 16) and len(on['per_class_margin']) == 10
+    assert on['p_margin'] == solution.max_p_value(on['per_class_margin'])
+    assert on['p_value'] == max(on['p_release'], on['p_margin'])
+    assert on['verdict'] == (0 if on['p_value'] < solution.P_THRESHOLD else 1)
+
+
+def test_confirm_takes_its_share_of_the_budget_after_the_release(toy_model, image_folder, fast, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(solution.time, 'monotonic', lambda: clock[0])
+    monkeypatch.setitem(solution.HYP, 'budget_s', 40.0)
+    monkeypatch.setitem(solution.HYP, 'confirm', 0.25)
+    ends, real = [], solution._class_statistics
+    monkeypatch.setattr(solution, '_class_statistics',
+                        lambda split, h0, labels, classes, steps, deadline, *a: (ends.append(deadline), real(split, h0, labels, classes, 1, math.inf, *a))[1])
+    seen = {}
+
+    def search(split, h0, num_classes, chunk, steps, end):
+        seen.update(split=len(split.stem), n=len(h0), steps=steps, end=end, release_ends=list(ends))
+        return [0.0] * num_classes
+    monkeypatch.setattr(solution, '_margin_search', search)
+    e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert seen['split'] == 2 and seen['end'] == 1040.0  # conv1 + layer1[0], until the deadline
+    assert max(seen['release_ends']) == pytest.approx(1030.0)  # the release stops at 3/4 of the time
+    assert e['confirm_plan'] == (seen['n'], seen['steps']) == (6, 100)  # a free clock: the top rung
+    assert e['p_margin'] == 1.0 and e['p_value'] == 1.0  # a flat margin test clears any release verdict
+
+
+@pytest.mark.parametrize('key,bad', [('confirm', -0.1), ('confirm', 1.0), ('confirm', True), ('confirm', '0.5'),
+                                     ('confirm', float('nan')), ('confirm_steps', 0), ('confirm_steps', 2.5),
+                                     ('confirm_steps', True)])
+def test_confirm_settings_are_checked(toy_model, image_folder, monkeypatch, key, bad):
+    monkeypatch.setitem(solution.HYP, key, bad)
+    with pytest.raises(ValueError, match=key):
+        solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
