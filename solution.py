@@ -945,18 +945,23 @@ def _decide(runs, own, transfer, spikes=None):
     return finals, per_contrast, p, p_patch, test, judged
 
 
-def _every_class(split, h0, labels, num_classes, chunk, steps, end, bounds, area):
-    """Statistics of all classes, `chunk` classes at a time, and where each class's direction lands
-    (a list of (chunk, F) tensors; None entries for the 'margin' statistic), and the statistics under the
-    cut direction (a list; None unless _cuts(area), see _transfer). Chunk i stops at its mark,
-    (i + 1) / chunks of the time left until `end`: a slow chunk (the machine got busier after the plan
-    was made) cannot leave the later classes a step each."""
-    stats, landed, cut = [], [], []
+def _chunks(num_classes, chunk, end):
+    """The classes `chunk` at a time, each with its mark: chunk i stops at (i + 1) / chunks of the time
+    left until `end`, so a slow chunk (the machine got busier after the plan was made) cannot leave the
+    later classes a step each."""
     firsts = range(0, num_classes, chunk)
     t0 = time.monotonic()
     for i, c in enumerate(firsts):
-        mark = t0 + (end - t0) * (i + 1) / len(firsts)
-        s, where, c_cut = _class_statistics(split, h0, labels, list(range(c, min(num_classes, c + chunk))), steps, mark, bounds, area)
+        yield list(range(c, min(num_classes, c + chunk))), t0 + (end - t0) * (i + 1) / len(firsts)
+
+
+def _every_class(split, h0, labels, num_classes, chunk, steps, end, bounds, area):
+    """Statistics of all classes, `chunk` classes at a time, and where each class's direction lands
+    (a list of (chunk, F) tensors; None entries for the 'margin' statistic), and the statistics under the
+    cut direction (a list; None unless _cuts(area), see _transfer). Each chunk stops at its mark (_chunks)."""
+    stats, landed, cut = [], [], []
+    for classes, mark in _chunks(num_classes, chunk, end):
+        s, where, c_cut = _class_statistics(split, h0, labels, classes, steps, mark, bounds, area)
         stats += s
         landed.append(where)
         cut = None if c_cut is None or cut is None else cut + c_cut
@@ -968,15 +973,11 @@ def _margin_search(split, h0, num_classes, chunk, steps, end):
     h0 (n, C, H, W) (after `split`'s stem; the seed's is conv1 + layer1[0]) is its own free variable,
     pushed towards the class for `steps` sign steps. The seed rebuilds AdamW at every step, so each of
     its steps is Adam's first, lr * g / (|g| + 1e-8) (a sign step, except where the gradient g is
-    tiny), plus the decoupled weight decay; this takes that step directly, on the release's warm-up and cosine schedule. The margins are those of the last
-    forward pass, as the seed reads them. Classes run `chunk` at a time, each chunk stopping at its share
-    of the time left until `end`."""
+    tiny), plus the decoupled weight decay; this takes that step directly, on the release's warm-up and
+    cosine schedule. The margins are those of the last forward pass, as the seed reads them. Classes
+    run `chunk` at a time, each chunk stopping at its mark (_chunks)."""
     n, stats = len(h0), []
-    firsts = range(0, num_classes, chunk)
-    t0 = time.monotonic()
-    for i, c in enumerate(firsts):
-        mark = t0 + (end - t0) * (i + 1) / len(firsts)
-        classes = list(range(c, min(num_classes, c + chunk)))
+    for classes, mark in _chunks(num_classes, chunk, end):
         target = torch.tensor(classes, device=h0.device).repeat_interleave(n)
         var = h0.repeat(len(classes), 1, 1, 1).requires_grad_(True)  # (k*n, C, H, W)
         for step in range(steps):
