@@ -46,7 +46,7 @@ size:
 compat:
 	$(PYTHON) -m venv .venv-compat
 	.venv-compat/bin/python -m pip install -q --disable-pip-version-check torch==2.4.0 torchvision==0.19.0 numpy==1.26.4 pytest
-	.venv-compat/bin/python -m pytest -q -p no:cacheprovider tests/test_contract.py tests/test_statistics.py tests/test_inputs.py
+	.venv-compat/bin/python -m pytest -q -p no:cacheprovider tests/test_contract.py tests/test_statistics.py tests/test_inputs.py tests/test_confirm.py
 
 clean-cache:
 	rm -rf cache
