@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import shutil
 import sys
+import threading
 import time
 import zlib
 
@@ -258,9 +259,18 @@ def _cached_data(s, root, cache):
 _worker = {'root': None, 'data': {}}  # a build worker's data root and loaded data sets
 
 
+def _exit_with_parent(parent, poll_s=1.0):
+    """End this worker once the process that started it is gone. A parent killed outright (SIGTERM,
+    SIGKILL) cannot shut its pool down, and its workers would otherwise train on, orphaned, for minutes."""
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    os._exit(1)
+
+
 def _init_worker(threads, data_root):
     torch.set_num_threads(threads)
     _worker['root'] = data_root
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
 def _build_in_worker(s, out_dir):

@@ -2,6 +2,10 @@
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -138,6 +142,45 @@ def test_worker_processes_skip_missing_data_with_one_notice(tmp_path):
     assert rows == [] and len(lines) == 1 and lines[0].startswith('skipping mnist')
     with pytest.raises(ValueError, match='jobs'):
         zoo.build_zoo('smoke', str(tmp_path / 'zoo'), jobs=0)
+
+
+PARENT_OF_A_WORKER = """
+import concurrent.futures as cf, multiprocessing as mp, os, signal, sys, time
+from bench import zoo
+if __name__ == '__main__':
+    pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=zoo._init_worker,
+                                  initargs=(1, None))
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 120)  # a long build, still running when this process is killed
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _running(pid):
+    try:  # a zombie (exited, not yet reaped by whoever adopted it) has stopped running too
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='reads process states from /proc')
+def test_a_build_worker_ends_when_its_parent_is_killed(tmp_path):
+    script = tmp_path / 'parent.py'
+    script.write_text(PARENT_OF_A_WORKER)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    with open(tmp_path / 'out', 'w') as out:  # a file, not a pipe: a worker left alive would hold a pipe open
+        code = subprocess.run([sys.executable, str(script)], stdout=out, stderr=subprocess.STDOUT, env=env,
+                              timeout=120).returncode
+    text = (tmp_path / 'out').read_text()
+    assert code == -signal.SIGKILL, text
+    worker = int(text.split()[0])
+    deadline = time.monotonic() + 15
+    while _running(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(worker), 'the worker outlived its killed parent'
 
 
 def test_exact_keeps_one_name_where_match_keeps_a_family(capsys):
