@@ -4,7 +4,8 @@
 
 Each file is what `bench.evaluate --json` wrote; files of the same detector and settings (say, one per
 zoo) are merged. One row per detector (solution first), columns: accuracy, AUROC, false positives and
-misses over the backdoors with ASR >= 80%, the detection rate per attack, `at target` (of the strong
+misses over the backdoors with ASR >= 80% (the accuracy with its 95% Wilson interval: the spread that
+so few models allow), the detection rate per attack, `at target` (of the strong
 backdoors flagged, how many at their true target class: one flagged at another class was right for
 another reason than its trigger), weak backdoors flagged, mean seconds per model and n. The figures are
 recomputed from the rows over the models every file has, so detectors are compared on the same models
@@ -47,7 +48,8 @@ def table(runs):
     head = ['detector', 'accuracy', 'AUROC', 'FPR', 'FNR'] + attacks + ['at target', 'weak flagged', 'mean s', 'n']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for label, s in summaries:
-        cells = [label, f'{s["accuracy"]:.2f}', f'{s["auroc"]:.2f}', f'{s["fpr"]:.2f}', f'{s["fnr"]:.2f}']
+        lo, hi = s['accuracy_ci']
+        cells = [label, f'{s["accuracy"]:.2f} ({lo:.2f}-{hi:.2f})', f'{s["auroc"]:.2f}', f'{s["fpr"]:.2f}', f'{s["fnr"]:.2f}']
         for a in attacks:
             v = s['per_attack'].get(a)
             cells.append(f'{round(v["flagged"] * v["n"])}/{v["n"]}' if v else '-')

@@ -117,6 +117,17 @@ def auroc(scores_pos, scores_neg):
     return wins / (len(scores_pos) * len(scores_neg))
 
 
+def wilson(k, n, z=1.96):
+    """The Wilson score interval (95% at z = 1.96) of a proportion k / n: how far a figure measured on n
+    models could move on another n like them. (nan, nan) when n is 0."""
+    if n == 0:
+        return float('nan'), float('nan')
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def suspicion(row):
     """Higher = more suspect: -log10 p when the detector gives a p-value, else its statistic."""
     if row['p_value'] is not None:
@@ -153,7 +164,8 @@ def summarise(rows, by_split=True):
     hits = [r for r in pos if r['verdict'] == 0 and r['true_target'] is not None]
     at_target = sum(r['target'] == r['true_target'] for r in hits)
     return {
-        'n': len(main), 'accuracy': len(correct) / len(main) if main else float('nan'),
+        'n': len(main), 'right': len(correct), 'accuracy': len(correct) / len(main) if main else float('nan'),
+        'accuracy_ci': wilson(len(correct), len(main)),  # its 95% interval: the spread n models allow
         'auroc': auroc([suspicion(r) for r in pos], [suspicion(r) for r in neg]),
         'fpr': rate(neg, 0), 'fnr': rate(pos, 1),
         'mean_s': sum(secs) / len(secs) if secs else float('nan'), 'max_s': max(secs) if secs else float('nan'),
@@ -202,6 +214,9 @@ def print_summary(s, out=None):
     for name, v in s['splits'].items():
         print(f'  split {name:<8} n {v["n"]:>3}  accuracy {v["accuracy"]:.3f} auroc {v["auroc"]:.3f} fpr {v["fpr"]:.3f} '
               f'fnr {v["fnr"]:.3f}  weak detected {v["weak"]["flagged"]:.3f} of {v["weak"]["n"]}', file=out)
+    lo, hi = s['accuracy_ci']
+    print(f'  accuracy {s["right"]}/{s["n"]}, 95% interval {lo:.2f}-{hi:.2f} (Wilson: the spread {s["n"]} models allow)',
+          file=out)
     print(f'accuracy {s["accuracy"]:.3f} auroc {s["auroc"]:.3f} fpr {s["fpr"]:.3f} fnr {s["fnr"]:.3f} '
           f'mean_s {s["mean_s"]:.1f} max_s {s["max_s"]:.1f} n {s["n"]}', file=out)
 

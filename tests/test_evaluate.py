@@ -1,5 +1,6 @@
 """The evaluator: rows, error rows for bad samples, the summary and its last line."""
 import json
+import math
 import re
 
 import torch
@@ -13,6 +14,20 @@ def test_auroc_counts_ties_half():
     assert evaluate.auroc([3.0, 2.0], [1.0, 0.0]) == 1.0
     assert evaluate.auroc([1.0], [1.0]) == 0.5
     assert evaluate.auroc([0.0, 2.0], [1.0]) == 0.5
+
+
+def test_the_accuracy_interval_covers_the_true_rate_about_95_percent_of_the_time():
+    # exact coverage over every outcome k of n models right, each at true rate p: a wrong z, a centre
+    # or width off, would move it well away from 0.95 (Wilson's coverage stays within about 0.92-0.98 here)
+    for n in (16, 22, 61):
+        for p in (0.5, 0.7, 0.85):
+            cover = sum(math.comb(n, k) * p ** k * (1 - p) ** (n - k)
+                        for k in range(n + 1) if evaluate.wilson(k, n)[0] <= p <= evaluate.wilson(k, n)[1])
+            assert 0.92 < cover < 0.98, (n, p, cover)
+    assert evaluate.wilson(0, 10)[0] == 0.0 and evaluate.wilson(10, 10)[1] == 1.0
+    lo, hi = evaluate.wilson(49, 61)
+    assert lo < 49 / 61 < hi and hi - lo < evaluate.wilson(8, 10)[1] - evaluate.wilson(8, 10)[0]
+    assert all(math.isnan(v) for v in evaluate.wilson(0, 0))
 
 
 def test_evaluator_runs_reports_errors_and_ends_with_the_summary_line(tmp_path, capsys, fast):
@@ -97,8 +112,8 @@ def test_compare_puts_solution_first_and_uses_only_the_models_every_run_has(tmp_
     compare.main([str(tmp_path / 'nc.json'), str(tmp_path / 'sol.json')])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith('| detector |') and 'badnets' in lines[0]
-    assert lines[2].startswith('| solution | 1.00 |') and lines[2].endswith('| 2 |')  # the FP model is dropped
-    assert lines[3].startswith('| nc | 0.50 |')
+    assert lines[2].startswith('| solution | 1.00 (0.34-1.00) |') and lines[2].endswith('| 2 |')  # the FP model is dropped
+    assert lines[3].startswith('| nc | 0.50 (0.09-0.91) |')
 
 
 def test_compare_merges_the_files_of_one_detector(tmp_path, capsys):
@@ -109,7 +124,7 @@ def test_compare_merges_the_files_of_one_detector(tmp_path, capsys):
     (tmp_path / 'seed.json').write_text(json.dumps({'detector': 'seed', 'settings': [], 'rows': rows}))
     compare.main([str(tmp_path / 'seed.json'), str(tmp_path / 'sol0.json'), str(tmp_path / 'sol1.json')])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 and lines[2].startswith('| solution | 1.00 |') and lines[2].endswith('| 2 |')
+    assert len(lines) == 4 and lines[2].startswith('| solution | 1.00 (0.34-1.00) |') and lines[2].endswith('| 2 |')
 
 
 def test_compare_counts_the_backdoors_flagged_at_their_true_target(tmp_path, capsys):
@@ -132,5 +147,5 @@ def test_compare_by_data_gives_one_row_per_data_set(tmp_path, capsys):
     compare.main([str(tmp_path / 'sol.json'), '--by', 'data'])
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4
-    assert lines[2].startswith('| solution / d | 1.00 |') and lines[2].endswith('| 2 |')
-    assert lines[3].startswith('| solution / e | 0.00 |') and lines[3].endswith('| 1 |')
+    assert lines[2].startswith('| solution / d | 1.00 (0.34-1.00) |') and lines[2].endswith('| 2 |')
+    assert lines[3].startswith('| solution / e | 0.00 (0.00-0.79) |') and lines[3].endswith('| 1 |')
