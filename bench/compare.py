@@ -10,13 +10,16 @@ backdoors flagged, how many at their true target class: one flagged at another c
 another reason than its trigger), weak backdoors flagged, mean seconds per model and n. The figures are
 recomputed from the rows over the models every file has, so detectors are compared on the same models
 even when one run was cut short. `--by data` gives one row per detector and data set instead (say, one
-detector over a whole `real` zoo).
+detector over a whole `real` zoo). Below the table, each detector against the first (solution): the
+models only one of the two gets right, and the exact sign test of that split (on so few models, a
+lead of a few is often noise).
 """
 import argparse
 import json
+import math
 import sys
 
-from bench.evaluate import summarise
+from bench.evaluate import is_weak, summarise
 
 
 def load(paths):
@@ -62,6 +65,29 @@ def table(runs):
     return '\n'.join(lines)
 
 
+def sign_test(b, c):
+    """Exact two-sided sign test (McNemar's exact test) of b models right by one detector only against
+    c right by the other only: how often a split at least this uneven comes from two equally good ones."""
+    n = b + c
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n) if n else 1.0
+
+
+def paired(runs):
+    """Each run against the first (solution's when present), model by model on the strong backdoors and
+    clean models both judged: a difference in accuracy on the same models is worth only its discordant pairs."""
+    runs = sorted(runs, key=lambda x: not x[0].startswith('solution'))
+    right = [{r['name']: r['verdict'] == r['truth'] for r in rows
+              if r['error'] is None and r['truth'] in (0, 1) and not is_weak(r)} for _, rows in runs]
+    lines = []
+    for (label, _), other in zip(runs[1:], right[1:]):
+        both = right[0].keys() & other.keys()
+        b = sum(right[0][m] and not other[m] for m in both)
+        c = sum(other[m] and not right[0][m] for m in both)
+        lines.append(f'{runs[0][0]} against {label}, {len(both)} models: right by the first only {b}, by the second '
+                     f'only {c}; exact sign test p = {sign_test(b, c):.2g}')
+    return lines
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('results', nargs='+', help='JSON files written by bench.evaluate --json')
@@ -72,6 +98,8 @@ def main(argv=None):
     if n == 0:
         raise SystemExit('the result files have no model in common')
     print(table(by_data(runs) if args.by == 'data' else runs))
+    if len(runs) > 1:
+        print('\n' + '\n'.join(paired(runs)))
     print(f'\n{n} models in common', file=sys.stderr)
 
 

@@ -124,7 +124,24 @@ def test_compare_merges_the_files_of_one_detector(tmp_path, capsys):
     (tmp_path / 'seed.json').write_text(json.dumps({'detector': 'seed', 'settings': [], 'rows': rows}))
     compare.main([str(tmp_path / 'seed.json'), str(tmp_path / 'sol0.json'), str(tmp_path / 'sol1.json')])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 and lines[2].startswith('| solution | 1.00 (0.34-1.00) |') and lines[2].endswith('| 2 |')
+    assert len(lines) == 6 and lines[2].startswith('| solution | 1.00 (0.34-1.00) |') and lines[2].endswith('| 2 |')
+    assert lines[5] == 'solution against seed, 2 models: right by the first only 0, by the second only 0; exact sign test p = 1'
+
+
+def test_compare_tests_a_lead_on_the_same_models_by_its_discordant_pairs(tmp_path, capsys):
+    from bench import compare
+    assert compare.sign_test(6, 0) == 2 / 64 and compare.sign_test(3, 3) == 1.0 and compare.sign_test(0, 0) == 1.0
+    assert abs(compare.sign_test(8, 2) - 2 * 56 / 1024) < 1e-12  # P(X <= 2) for X ~ Bin(10, 1/2), twice
+    sol = [_row(1, 1, 'tune', 0.5) for _ in range(6)] + [_row(0, 0, 'tune', 0.01, 100)]
+    nc = [dict(r, verdict=0) for r in sol[:6]] + [dict(sol[6], verdict=1)]  # wrong on the six clean, right on none
+    for rows in (sol, nc):
+        for i, r in enumerate(rows):
+            r['name'] = f'm{i}'
+    (tmp_path / 'sol.json').write_text(json.dumps({'detector': 'solution', 'settings': [], 'rows': sol}))
+    (tmp_path / 'nc.json').write_text(json.dumps({'detector': 'nc', 'settings': [], 'rows': nc}))
+    compare.main([str(tmp_path / 'nc.json'), str(tmp_path / 'sol.json')])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == 'solution against nc, 7 models: right by the first only 7, by the second only 0; exact sign test p = 0.016'
 
 
 def test_compare_counts_the_backdoors_flagged_at_their_true_target(tmp_path, capsys):
