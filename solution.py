@@ -155,6 +155,7 @@ HYP = {
     'weight_decay': 0.01,    # AdamW default
     'chunk_elems': 2 ** 26,  # largest free-variable tensor (elements) optimised at once, bounds memory
     'noise_size': 32,        # data-free mode: image side when the transform names no size
+    'image_seed': None,      # which images each pass optimises: None = the folder's order; an int = another class-balanced draw (to measure the verdict's spread)
 }
 
 CHOICES = {'mode': ('free', 'universal'), 'init': ('images', 'noise'), 'reduce': ('max', 'mean'),
@@ -817,6 +818,9 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         raise ValueError(f"HYP['confirm'] is {c!r}; it is a share of the time, a number in [0, 1) (0 = off)")
     if isinstance(c_steps, bool) or not (isinstance(c_steps, int) and c_steps >= 1):
         raise ValueError(f"HYP['confirm_steps'] is {c_steps!r}; it is a number of steps, an int >= 1")
+    seed = HYP['image_seed']
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"HYP['image_seed'] is {seed!r}; it is None (the folder's order) or an int >= 0")
     r = HYP['refine']
     if isinstance(r, bool) or not (isinstance(r, (int, float)) and math.isfinite(r) and r >= 0):
         raise ValueError(f"HYP['refine'] is {r!r}; it is a share of the steps, a number >= 0 (0 = off)")
@@ -1025,7 +1029,13 @@ def _spikes(landed, feats):
 
 
 def _balanced_indices(labels, n):
-    order = _balanced_subset([(i, int(l)) for i, l in enumerate(labels)], n)
+    """n indices into labels, class-balanced: the first images of each class in the folder's order, or,
+    with HYP['image_seed'] an int, in an order drawn from that seed (its own generator, no global state)."""
+    items = [(i, int(l)) for i, l in enumerate(labels)]
+    if HYP['image_seed'] is not None:
+        perm = torch.randperm(len(items), generator=torch.Generator().manual_seed(HYP['image_seed']))
+        items = [items[i] for i in perm.tolist()]
+    order = _balanced_subset(items, n)
     return torch.tensor([i for i, _ in order], dtype=torch.long)
 
 

@@ -291,3 +291,29 @@ def test_without_a_patch_pass_the_contrast_is_skipped(monkeypatch, toy_model, im
     e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
     assert e['per_class_dense'] is None and e['per_class_contrast'] is None
     assert e['p_value'] == e['p_patch'] == solution.max_p_value(e['per_class'])
+
+
+# --- which images are optimised ----------------------------------------------------------------------
+
+def test_image_seed_draws_other_class_balanced_images_and_leaves_the_default_alone(monkeypatch):
+    labels = torch.arange(10).repeat(5)  # 50 images, 5 per class, in the folder's order
+    first = solution._balanced_indices(labels, 20)
+    assert sorted(first.tolist()) == list(range(20))  # the folder's order: the first two images of each class
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    draws = []
+    for seed in (0, 1, 2):
+        monkeypatch.setitem(solution.HYP, 'image_seed', seed)
+        idx = solution._balanced_indices(labels, 20)
+        assert torch.bincount(labels[idx], minlength=10).tolist() == [2] * 10  # still two per class
+        assert torch.equal(idx, solution._balanced_indices(labels, 20))  # the same seed, the same images
+        draws.append(set(idx.tolist()))
+    assert torch.equal(torch.get_rng_state(), before)  # its own generator: the global RNG untouched
+    assert len({frozenset(d) for d in draws} | {frozenset(first.tolist())}) == 4  # four different subsets
+
+
+@pytest.mark.parametrize('bad', [True, -1, 1.5, '3'])
+def test_image_seed_is_checked(toy_model, image_folder, monkeypatch, bad):
+    monkeypatch.setitem(solution.HYP, 'image_seed', bad)
+    with pytest.raises(ValueError, match='image_seed'):
+        solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
