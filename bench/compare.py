@@ -19,7 +19,7 @@ import json
 import math
 import sys
 
-from bench.evaluate import is_weak, summarise
+from bench.evaluate import counted, summarise
 
 
 def load(paths):
@@ -46,7 +46,6 @@ def by_data(runs):
 
 def table(runs):
     summaries = [(label, summarise(rows)) for label, rows in runs]
-    summaries.sort(key=lambda x: not x[0].startswith('solution'))  # stable: data sets keep their order
     attacks = sorted({a for _, s in summaries for a in s['per_attack'] if a != 'clean'})
     head = ['detector', 'accuracy', 'AUROC', 'FPR', 'FNR'] + attacks + ['at target', 'weak flagged', 'mean s', 'n']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
@@ -73,11 +72,9 @@ def sign_test(b, c):
 
 
 def paired(runs):
-    """Each run against the first (solution's when present), model by model on the strong backdoors and
-    clean models both judged: a difference in accuracy on the same models is worth only its discordant pairs."""
-    runs = sorted(runs, key=lambda x: not x[0].startswith('solution'))
-    right = [{r['name']: r['verdict'] == r['truth'] for r in rows
-              if r['error'] is None and r['truth'] in (0, 1) and not is_weak(r)} for _, rows in runs]
+    """Each run against the first, model by model on the strong backdoors and clean models both judged:
+    a difference in accuracy on the same models is worth only its discordant pairs."""
+    right = [{r['name']: r['verdict'] == r['truth'] for r in rows if counted(r)} for _, rows in runs]
     lines = []
     for (label, _), other in zip(runs[1:], right[1:]):
         both = right[0].keys() & other.keys()
@@ -97,6 +94,7 @@ def main(argv=None):
     runs, n = load(args.results)
     if n == 0:
         raise SystemExit('the result files have no model in common')
+    runs.sort(key=lambda x: not x[0].startswith('solution'))  # solution first; stable: the rest keep their order
     print(table(by_data(runs) if args.by == 'data' else runs))
     if len(runs) > 1:
         print('\n' + '\n'.join(paired(runs)))

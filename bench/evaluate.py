@@ -139,10 +139,15 @@ def is_weak(row):
     return row['truth'] == 0 and row['asr'] is not None and row['asr'] < WEAK_ASR
 
 
+def counted(row):
+    """Whether a row enters the figures: judged without error, a strong backdoor or a clean model."""
+    return row['error'] is None and row['truth'] in (0, 1) and not is_weak(row)
+
+
 def summarise(rows, by_split=True):
     """The figures over all rows; with by_split, the same per zoo split (tune / holdout) under 'splits'."""
     done = [r for r in rows if r['error'] is None and r['truth'] in (0, 1)]
-    main = [r for r in done if not is_weak(r)]
+    main = [r for r in done if counted(r)]
     pos = [r for r in main if r['truth'] == 0]
     neg = [r for r in main if r['truth'] == 1]
     correct = [r for r in main if r['verdict'] == r['truth']]
@@ -229,7 +234,7 @@ def plot(rows, summary, path, title):
     except ImportError:
         print(f'matplotlib not installed: no plot written to {path}')
         return
-    done = [r for r in rows if r['error'] is None and r['truth'] in (0, 1) and not is_weak(r)]
+    done = [r for r in rows if counted(r)]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={'width_ratios': [1, 2]})
     pos = sorted((suspicion(r) for r in done if r['truth'] == 0), reverse=True)
     neg = [suspicion(r) for r in done if r['truth'] == 1]
