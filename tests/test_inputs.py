@@ -295,7 +295,7 @@ def test_without_a_patch_pass_the_contrast_is_skipped(monkeypatch, toy_model, im
 
 # --- which images are optimised ----------------------------------------------------------------------
 
-def test_image_seed_draws_other_class_balanced_images_and_leaves_the_default_alone(monkeypatch):
+def test_image_seed_draws_other_class_balanced_images_and_leaves_the_default_alone():
     labels = torch.arange(10).repeat(5)  # 50 images, 5 per class, in the folder's order
     first = solution._balanced_indices(labels, 20)
     assert sorted(first.tolist()) == list(range(20))  # the folder's order: the first two images of each class
@@ -303,10 +303,9 @@ def test_image_seed_draws_other_class_balanced_images_and_leaves_the_default_alo
     before = torch.get_rng_state()
     draws = []
     for seed in (0, 1, 2):
-        monkeypatch.setitem(solution.HYP, 'image_seed', seed)
-        idx = solution._balanced_indices(labels, 20)
+        idx = solution._balanced_indices(labels, 20, seed)
         assert torch.bincount(labels[idx], minlength=10).tolist() == [2] * 10  # still two per class
-        assert torch.equal(idx, solution._balanced_indices(labels, 20))  # the same seed, the same images
+        assert torch.equal(idx, solution._balanced_indices(labels, 20, seed))  # the same seed, the same images
         draws.append(set(idx.tolist()))
     assert torch.equal(torch.get_rng_state(), before)  # its own generator: the global RNG untouched
     assert len({frozenset(d) for d in draws} | {frozenset(first.tolist())}) == 4  # four different subsets
@@ -316,4 +315,44 @@ def test_image_seed_draws_other_class_balanced_images_and_leaves_the_default_alo
 def test_image_seed_is_checked(toy_model, image_folder, monkeypatch, bad):
     monkeypatch.setitem(solution.HYP, 'image_seed', bad)
     with pytest.raises(ValueError, match='image_seed'):
+        solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+
+
+def test_draws_run_only_where_each_still_gets_the_top_rung(monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'draws', 3)
+    monkeypatch.setitem(solution.HYP, 'images', 12)
+    monkeypatch.setitem(solution.HYP, 'steps', 25)
+    top = (12, 25)
+    step_s = 1e-3  # the top rung costs 12 * 25 * 1e-3 = 0.3 s a class, 3 s for 10 classes
+    assert solution._draws(step_s, 9.5, 10, 50, 0.0, top) == 3  # three draws of 3.17 s each fit
+    assert solution._draws(step_s, 8.5, 10, 50, 0.0, top) == 1  # 2.83 s a draw: below the top rung
+    assert solution._draws(step_s, 9.5, 10, 50, 0.0, (8, 25)) == 1  # one draw is not at the top itself
+    assert solution._draws(step_s, 9.5, 10, 12, 0.0, top) == 1  # the folder holds one draw's images only
+    monkeypatch.setitem(solution.HYP, 'draws', 1)
+    assert solution._draws(step_s, 1e6, 10, 50, 0.0, top) == 1
+    monkeypatch.setitem(solution.HYP, 'draws', 5)
+    assert solution._draws(step_s, 1e6, 10, 50, 0.0, top) == 5
+    assert solution._draw_seeds(3) == [None, 1, 2]
+    monkeypatch.setitem(solution.HYP, 'image_seed', 7)
+    assert solution._draw_seeds(3) == [7, 8, 9]
+
+
+def test_draws_median_p_is_the_single_draws_run_apart(toy_model, image_folder, fast, monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'draws', 3)
+    ev = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert ev['draws'] == 3 and len(ev['p_draws']) == 3 and ev['images'] == 6
+    assert ev['p_release'] == ev['p_value'] == sorted(ev['p_draws'])[1]
+    assert ev['p_draws'][ev['draw']] == ev['p_value']
+    monkeypatch.setitem(solution.HYP, 'draws', 1)
+    for k, seed in enumerate((None, 1)):  # each draw is the one-draw run on that draw's images
+        monkeypatch.setitem(solution.HYP, 'image_seed', seed)
+        one = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+        assert one['draws'] == 1 and one['p_draws'] == [one['p_value']]
+        assert one['p_value'] == ev['p_draws'][k]
+
+
+@pytest.mark.parametrize('bad', [0, True, 2.0, '3'])
+def test_draws_is_checked(toy_model, image_folder, monkeypatch, bad):
+    monkeypatch.setitem(solution.HYP, 'draws', bad)
+    with pytest.raises(ValueError, match='draws'):
         solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
