@@ -97,13 +97,22 @@ def run_one(detector, folder, meta, explain_dir=None, detector_name='solution'):
                per_class_contrast=ev.get('per_class_contrast'),
                p_release=ev.get('p_release'), p_margin=ev.get('p_margin'),  # solution's confirming test
                per_class_margin=ev.get('per_class_margin'), confirm_plan=ev.get('confirm_plan'),
-               plan=f'{ev["images"]}x{ev["steps"]}' if 'steps' in ev else None)  # solution's images x steps
+               p_draws=ev.get('p_draws'), plan=_plan(ev))
     if explain_dir and row['verdict'] != row['truth'] and row['truth'] in (0, 1):
         truth = {0: 'backdoored', 1: 'clean'}[row['truth']]
         title = f'{detector_name} on {name} (truth: {truth}, attack {row["attack"]}, true target {row["true_target"]})'
         row['explain'] = explain.render(ev, model, s.images, s.transformation,
                                         os.path.join(explain_dir, f'{name}.png'), title)
     return row
+
+def _plan(ev):
+    """solution's plan as text: images x steps per class, with the draws in front when there are several
+    ('3*12x25'); None for a detector without one."""
+    if 'steps' not in ev:
+        return None
+    draws = ev.get('draws', 1)
+    return (f'{draws}*' if draws > 1 else '') + f'{ev["images"]}x{ev["steps"]}'
+
 
 # -----------------------------------------------------------------------------
 # Summary

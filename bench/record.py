@@ -119,25 +119,36 @@ def rescore(rec, reduce='mean', sets=()):
         # the cut is scored where solution scores it: core on, no refinement (refined, the factor is 1)
         if solution._cuts(solution._area()) and any(call.get('cut', [None])[0] is None for call in rec['passes'][0]['calls']):
             raise ValueError('this record holds no cut margins (taken with the core factor off): it cannot be rescored with core on')
-        runs, spikes = [], None
-        for ps in rec['passes']:
-            stats, landed, cut = [], [], []
-            for call in ps['calls']:
-                classes = call['classes'].tolist()
-
-                def reduced(margins):
-                    return torch.stack([fn(margins[j], ps['labels'], t) for j, t in enumerate(classes)])
-                per_alpha = [(reduced(m), f) for m, f in zip(call['margins'], call['landed'])]
-                best, where = solution._best_norm(per_alpha)  # the best over the norms, as _transfer
-                stats += best.tolist()
-                landed.append(where)
-                cuts = call.get('cut', [None])
-                cut = None if cut is None or cuts[0] is None else cut + solution._best_cut([reduced(c) for c in cuts]).tolist()
-            runs.append((stats, solution._landing_factors(landed, rec['feats'], rec['y'], k), solution.core_factors(stats, cut)))
-            if len(runs) == 1:  # the patch pass's landing points
-                spikes = solution._spikes(landed, rec['feats'])
-        finals, _, p, _, _, judged = solution._decide(runs, rec['evidence']['own_margin'], True, spikes)
+        draws = rec['evidence'].get('draws', 1)  # each draw ran its passes in turn: patch, then dense
+        per_draw = len(rec['passes']) // draws
+        decided = [_rescore_draw(rec, rec['passes'][d * per_draw:(d + 1) * per_draw], fn, k) for d in range(draws)]
+        middle = sorted(range(draws), key=lambda d: (decided[d][0], d))[draws // 2]  # the median draw, as evidence()
+        p, judged, finals = decided[middle]
     return p, max(range(k), key=lambda i: judged[i]), finals
+
+
+def _rescore_draw(rec, passes, fn, k):
+    """(p-value, judged statistics, final statistics) of one draw's passes (patch, then dense), under the
+    settings in force."""
+    runs, spikes = [], None
+    for ps in passes:
+        stats, landed, cut = [], [], []
+        for call in ps['calls']:
+            classes = call['classes'].tolist()
+
+            def reduced(margins):
+                return torch.stack([fn(margins[j], ps['labels'], t) for j, t in enumerate(classes)])
+            per_alpha = [(reduced(m), f) for m, f in zip(call['margins'], call['landed'])]
+            best, where = solution._best_norm(per_alpha)  # the best over the norms, as _transfer
+            stats += best.tolist()
+            landed.append(where)
+            cuts = call.get('cut', [None])
+            cut = None if cut is None or cuts[0] is None else cut + solution._best_cut([reduced(c) for c in cuts]).tolist()
+        runs.append((stats, solution._landing_factors(landed, rec['feats'], rec['y'], k), solution.core_factors(stats, cut)))
+        if len(runs) == 1:  # the patch pass's landing points
+            spikes = solution._spikes(landed, rec['feats'])
+    finals, _, p, _, _, judged = solution._decide(runs, rec['evidence']['own_margin'], True, spikes)
+    return p, judged, finals
 
 
 def _row(name, rec, p, target):

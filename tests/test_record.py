@@ -23,7 +23,7 @@ def test_recording_changes_nothing(rec, toy_model, image_folder, fast):
 
 def test_record_holds_every_class_pass_and_image(rec):
     ev = rec['evidence']
-    assert len(rec['passes']) == (2 if ev['per_class_dense'] is not None else 1)
+    assert len(rec['passes']) == ev['draws'] * (2 if ev['per_class_dense'] is not None else 1)
     for ps in rec['passes']:
         n = len(ps['labels'])
         assert n == ev['images']
@@ -39,6 +39,17 @@ def test_mean_reproduces_the_recorded_p_value(rec):
     assert math.isclose(p, ev['p_value'], rel_tol=1e-5, abs_tol=1e-12)
     assert target == ev['target']
     assert finals[0] == pytest.approx(ev['per_class'], rel=1e-5)
+
+
+def test_mean_reproduces_a_record_of_three_image_draws(toy_model, image_folder, fast, monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'draws', 3)
+    rec = record.record(toy_model, 10, image_folder, CIFAR_LIKE)
+    ev = rec['evidence']
+    assert ev['draws'] == 3 and len(rec['passes']) == 3 * (2 if ev['per_class_dense'] is not None else 1)
+    assert len({tuple(ps['labels'].tolist()) for ps in rec['passes']}) > 1  # the draws took other images
+    p, target, finals = record.rescore(rec, 'mean')
+    assert math.isclose(p, ev['p_value'], rel_tol=1e-5, abs_tol=1e-12)  # the median draw's, as recorded
+    assert target == ev['target'] and finals[0] == pytest.approx(ev['per_class'], rel=1e-5)
 
 
 def test_mean_reproduces_a_record_taken_with_the_core_factor(toy_model, image_folder, fast, monkeypatch):
