@@ -166,3 +166,10 @@ def test_compare_by_data_gives_one_row_per_data_set(tmp_path, capsys):
     assert len(lines) == 4
     assert lines[2].startswith('| solution / d | 1.00 (0.34-1.00) |') and lines[2].endswith('| 2 |')
     assert lines[3].startswith('| solution / e | 0.00 (0.00-0.79) |') and lines[3].endswith('| 1 |')
+
+
+def test_plan_text_names_the_draws_only_when_there_are_several():
+    assert evaluate._plan({'images': 12, 'steps': 25, 'draws': 3}) == '3*12x25'
+    assert evaluate._plan({'images': 30, 'steps': 25, 'draws': 1}) == '30x25'
+    assert evaluate._plan({'images': 30, 'steps': 25}) == '30x25'  # a record from before the draws
+    assert evaluate._plan({'verdict': 1}) is None  # a detector without a plan
