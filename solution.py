@@ -747,6 +747,12 @@ def _draws(step_seconds, seconds, num_classes, n_images, score_seconds, plan):
     return d if _plan(step_seconds, seconds / d, num_classes, n_images, score_seconds) == top else 1
 
 
+def median_draw(p_draws):
+    """The index of the draw whose p-value is the median (the upper one of an even count; the first of
+    equals): the model is backdoored iff more than half of the draws are below P_THRESHOLD."""
+    return sorted(range(len(p_draws)), key=lambda k: (p_draws[k], k))[len(p_draws) // 2]
+
+
 def _draw_seeds(draws):
     """The image_seed of each draw (_balanced_indices): HYP['image_seed'] first (None = the folder's
     order), then that seed + k (from None: 1, 2, ...)."""
@@ -931,7 +937,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         raise ValueError('the model gives non-finite outputs (NaN or inf) on these images; no test is possible')
     decided = [_decide(runs, own, transfer, spikes) for runs, spikes in results]
     p_draws = [d[2] for d in decided]
-    middle = sorted(range(draws), key=lambda k: (p_draws[k], k))[draws // 2]  # the median draw (the upper one of an even count)
+    middle = median_draw(p_draws)
     runs, (finals, per_contrast, p, p_patch, test, judged) = results[middle][0], decided[middle]
     p_release, p_margin = p, None
     if per_margin is not None:  # an intersection-union test: backdoored only where both tests say so

@@ -105,6 +105,7 @@ def run_one(detector, folder, meta, explain_dir=None, detector_name='solution'):
                                         os.path.join(explain_dir, f'{name}.png'), title)
     return row
 
+
 def _plan(ev):
     """solution's plan as text: images x steps per class, with the draws in front when there are several
     ('3*12x25'); None for a detector without one."""

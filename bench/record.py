@@ -122,8 +122,7 @@ def rescore(rec, reduce='mean', sets=()):
         draws = rec['evidence'].get('draws', 1)  # each draw ran its passes in turn: patch, then dense
         per_draw = len(rec['passes']) // draws
         decided = [_rescore_draw(rec, rec['passes'][d * per_draw:(d + 1) * per_draw], fn, k) for d in range(draws)]
-        middle = sorted(range(draws), key=lambda d: (decided[d][0], d))[draws // 2]  # the median draw, as evidence()
-        p, judged, finals = decided[middle]
+        p, judged, finals = decided[solution.median_draw([t[0] for t in decided])]  # as evidence()
     return p, max(range(k), key=lambda i: judged[i]), finals
 
 
