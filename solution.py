@@ -131,7 +131,7 @@ HYP = {
     'max_images': 200,       # images read from the folder at most (class-balanced subset)
     'min_images': 4,         # fewer readable images than this -> data-free mode on synthesised noise
     'images': 30,            # images optimised per class in a draw, at most
-    'draws': 1,              # image draws (3: where each still gets the top rung, images x steps; p = the median draw's, _draws)
+    'draws': 1,              # image draws; d > 1 only where each still gets the top rung (_draws), p = the median draw's
     'steps': 25,             # optimisation steps per class, at most
     'min_steps': 2,          # never fewer steps than this (the budget guard may still stop early)
     'probe_images': 64,      # images in the timing probe of the plan, at most
@@ -848,17 +848,16 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         v = HYP[key]
         if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise ValueError(f"HYP['{key}'] is {v!r}; it is an exponent, a number >= 0 (0 = {zero})")
-    c, c_steps = HYP['confirm'], HYP['confirm_steps']
+    c = HYP['confirm']
     if isinstance(c, bool) or not (isinstance(c, (int, float)) and 0 <= c < 1):
         raise ValueError(f"HYP['confirm'] is {c!r}; it is a share of the time, a number in [0, 1) (0 = off)")
-    if isinstance(c_steps, bool) or not (isinstance(c_steps, int) and c_steps >= 1):
-        raise ValueError(f"HYP['confirm_steps'] is {c_steps!r}; it is a number of steps, an int >= 1")
+    for key, what in (('confirm_steps', 'a number of steps'), ('draws', 'a number of image draws')):  # counts
+        v = HYP[key]
+        if isinstance(v, bool) or not (isinstance(v, int) and v >= 1):
+            raise ValueError(f"HYP['{key}'] is {v!r}; it is {what}, an int >= 1")
     seed = HYP['image_seed']
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"HYP['image_seed'] is {seed!r}; it is None (the folder's order) or an int >= 0")
-    d = HYP['draws']
-    if isinstance(d, bool) or not (isinstance(d, int) and d >= 1):
-        raise ValueError(f"HYP['draws'] is {d!r}; it is a number of image draws, an int >= 1 (1 = one draw)")
     r = HYP['refine']
     if isinstance(r, bool) or not (isinstance(r, (int, float)) and math.isfinite(r) and r >= 0):
         raise ValueError(f"HYP['refine'] is {r!r}; it is a share of the steps, a number >= 0 (0 = off)")
