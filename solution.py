@@ -31,6 +31,10 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        from 5.4 to 17.4, and on 25 models 19 are right against 17 (RESULTS.md, The refinement).
        The refined patch direction already lies in `area` of the positions, so step 3's core factor
        would be 1 for every class: while the refinement is on, the cut is not scored (_cuts).
+       Off by default, HYP['window'] keeps the refined patch direction in one square window of
+       `area` of the positions (_keep_window) instead of the `area` strongest positions anywhere: a
+       stamped trigger is one contiguous patch, while the scattered positions let a naturally easy
+       class's direction pick up many small local gains (RESULTS.md, The window).
        Off by default, HYP['own_norm'] divides each class's transfer statistic by 1 + the mean softplus
        margin of the folder's own images of that class (a class the model recognises with confidence
        is easy to reach naturally); it raised the AUROC on CIFAR-10 and the default zoo but added three
@@ -149,6 +153,7 @@ HYP = {
     'own_norm': False,       # transfer: divide each class's statistic by 1 + its clean images' mean softplus margin
     'leave_one_out': False,  # transfer: each image gets the shared direction of the other images' changes, not one that includes its own
     'refine': 1.0,           # transfer: then ascend each class's shared direction itself for this share of the search's steps (0 = off; _refine)
+    'window': False,         # refinement on the patch pass: keep the direction in one square window of `area` of the positions (_keep_window), not anywhere
     'core': 0.5,             # transfer, patch test: multiply each class's statistic by min(1, C / S) to this power (0 = off), C its statistic under the shared direction cut to one patch (_core)
     'landing': 1.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction lands from its clean images
     'spike': False,          # transfer: a third test, spike(): how far each class's patch direction drives some penultimate unit beyond the clean images
@@ -172,7 +177,7 @@ HYP = {
 CHOICES = {'mode': ('free', 'universal'), 'init': ('images', 'noise'), 'reduce': ('max', 'mean'),
            'exclude_own': (False, True), 'statistic': ('transfer', 'margin'), 'own_norm': (True, False),
            'log': (False, True), 'spike': (False, True), 'contrast': (False, True), 'leave_one_out': (False, True),
-           'null': ('plug-in', 'exact')}
+           'window': (False, True), 'null': ('plug-in', 'exact')}
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.gif', '.tif', '.tiff', '.webp'}
 
@@ -467,6 +472,23 @@ def _keep_area(v, shape, area):
     v.view(len(v), shape[0], -1).mul_(torch.zeros_like(energy).scatter_(1, top, 1.0)[:, None, :])
 
 
+def _keep_window(v, shape, area):
+    """In place: each row of v (k, D) keeps its values in the one square window of side
+    round(sqrt(`area` * H * W)) of the map `shape` (C, H, W) that holds most of its energy (squared L2
+    over channels), zero elsewhere: one contiguous patch, as a stamped trigger is, rather than the
+    `area` strongest positions wherever they lie (_keep_area)."""
+    c, h, w = shape
+    side = max(1, min(h, w, round(math.sqrt(area * h * w))))
+    energy = v.view(len(v), c, h, w).pow(2).sum(1, keepdim=True)  # (k, 1, H, W)
+    sums = F.avg_pool2d(energy, side, stride=1).flatten(1)  # (k, (H-side+1)*(W-side+1)): each window's energy
+    best = sums.argmax(1)
+    cols = w - side + 1
+    mask = torch.zeros(len(v), h, w, dtype=v.dtype, device=v.device)
+    for i, (r0, c0) in enumerate(zip((best // cols).tolist(), (best % cols).tolist())):
+        mask[i, r0:r0 + side, c0:c0 + side] = 1.0
+    v.view(len(v), c, h * w).mul_(mask.view(len(v), 1, h * w))
+
+
 def _refine(split, h0, u, target, area, steps):
     """Each class's shared direction u (k, 1, D), ascended directly: `steps` AdamW steps
     (_refine_steps of the pass's own) on the sum over the norms
@@ -492,7 +514,7 @@ def _refine(split, h0, u, target, area, steps):
             opt.step()
             if area:
                 with torch.no_grad():
-                    _keep_area(v, h0.shape[1:], area)
+                    (_keep_window if HYP['window'] else _keep_area)(v, h0.shape[1:], area)
     return F.normalize(v.detach(), dim=1)[:, None, :]
 
 

@@ -382,3 +382,44 @@ def test_contrast_power_discounts_classes_a_patch_also_reaches(monkeypatch):
     assert two[0] == pytest.approx(one[0] / 3.5)  # divided once more by P~ + 1
     monkeypatch.setitem(solution.HYP, 'contrast_power', 0.0)  # q = 0: the dense statistics, normalised
     assert solution.contrast(patch, dense) == pytest.approx([d / 2.9 for d in dense])
+
+
+def test_keep_window_keeps_the_one_square_window_with_the_most_energy():
+    """_keep_window zeroes each row outside one square window of side round(sqrt(area * H * W)): the
+    window whose summed energy is the largest of all windows, values inside untouched."""
+    g = torch.Generator().manual_seed(3)
+    c, h, w = 3, 8, 8
+    v = 0.1 * torch.randn(2, c * h * w, generator=g)
+    v.view(2, c, h, w)[0, :, 1:5, 2:6] += 2.0  # row 0: a 4 x 4 block of energy
+    v.view(2, c, h, w)[1, :, 4:8, 4:8] += 1.0  # row 1: another block, plus strong scattered positions
+    v.view(2, c, h, w)[1, :, 0, 0] += 3.0
+    v.view(2, c, h, w)[1, :, 0, 7] += 3.0
+    before = v.clone()
+    energy = before.view(2, c, h, w).pow(2).sum(1)
+    solution._keep_window(v, (c, h, w), 16 / 64)  # side 4
+    kept = v.view(2, c, h, w).pow(2).sum(1) > 0
+    for i, (r0, c0) in enumerate([(1, 2), (4, 4)]):
+        window = torch.zeros(h, w, dtype=torch.bool)
+        window[r0:r0 + 4, c0:c0 + 4] = True
+        assert torch.equal(kept[i], window)
+        assert torch.equal(v[i].view(c, h, w)[:, window], before[i].view(c, h, w)[:, window])
+        best = max(energy[i, r:r + 4, s:s + 4].sum().item() for r in range(5) for s in range(5))
+        assert energy[i][window].sum().item() == pytest.approx(best)
+    assert (energy[1][~kept[1]].topk(2).values > energy[1][kept[1]].max()).all()  # _keep_area would keep those
+
+
+def test_window_keeps_the_refined_patch_direction_in_one_square(monkeypatch):
+    """With HYP['window'] the refinement's direction lies inside one square of side sqrt(area * H * W)."""
+    g = torch.Generator().manual_seed(5)
+    c, n = 4, 6
+    head = _PooledHead(5 * torch.randn(3, c, generator=g))
+    h0 = torch.randn(n, c, 4, 4, generator=g)
+    target = torch.tensor([0, 2]).repeat_interleave(n)
+    u0 = torch.nn.functional.normalize(torch.randn(2, 1, c * 16, generator=g), dim=2)
+    monkeypatch.setitem(solution.HYP, 'window', True)
+    u = solution._refine(head, h0, u0, target, 4 / 16, 10)
+    assert torch.allclose(u.norm(dim=2), torch.ones(2, 1))
+    kept = u.view(2, c, 4, 4).pow(2).sum(1) > 0
+    for row in kept:
+        rows, cols = row.nonzero(as_tuple=True)
+        assert len(rows) == 4 and rows.max() - rows.min() == 1 and cols.max() - cols.min() == 1  # a 2 x 2 square
