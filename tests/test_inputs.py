@@ -48,6 +48,7 @@ def test_too_few_readable_images_runs_data_free(toy_model, tmp_path, fast, conte
 def test_own_norm_divides_each_class_by_its_own_images_margins(toy_model, tmp_path, image_folder, fast,
                                                                monkeypatch):
     monkeypatch.setitem(solution.HYP, 'own_norm', True)
+    monkeypatch.setitem(solution.HYP, 'log', False)  # the plain product, as the test below reads it
     ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
     assert any(o > 0 for o in ev['own_margin'])
     for s, raw, o, f, c in zip(ev['per_class'], ev['per_class_raw'], ev['own_margin'], ev['landing'], ev['core']):
@@ -82,6 +83,7 @@ def test_landing_multiplies_each_class_and_is_neutral_without_labelled_images(to
 def test_core_factor_enters_the_patch_test_only(toy_model, image_folder, fast, monkeypatch):
     monkeypatch.setitem(solution.HYP, 'refine', 0.0)  # refined, the direction is one patch already (next test)
     monkeypatch.setitem(solution.HYP, 'core', 1.0)
+    monkeypatch.setitem(solution.HYP, 'log', False)  # the plain product, as the test below reads it
     ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
     assert any(c < 1 for c in ev['core']) and all(0 <= c <= 1 for c in ev['core'])
     monkeypatch.setitem(solution.HYP, 'core', 0.0)

@@ -250,7 +250,9 @@ def test_core_factor_discounts_a_direction_spread_over_positions(monkeypatch):
 def test_refine_ascends_each_shared_direction_and_keeps_it_to_its_patch(monkeypatch):
     """_refine moves a poor start (a random direction) uphill on the images' mean softplus margin under
     the one direction, at the norms in HYP['alphas'], and keeps it unit-norm and to `area` of the
-    positions; with no steps it returns the start unchanged, and _transfer's statistic follows it."""
+    positions; with no steps it returns the start unchanged, and _transfer's statistic follows it.
+    Scattered positions here (HYP['window'] off); the window has its own test below."""
+    monkeypatch.setitem(solution.HYP, 'window', False)
     g = torch.Generator().manual_seed(5)
     c, n = 4, 6
     w = 5 * torch.randn(3, c, generator=g)  # margins well above softplus's floor
@@ -304,7 +306,8 @@ def test_spike_measures_how_far_a_landing_drives_a_unit_past_the_clean_features(
     assert solution.spike(landed, feats[:1])[1] > 0  # one clean image: no sd, still defined
 
 
-def test_decide_takes_the_smallest_of_three_p_values_sidak_corrected():
+def test_decide_takes_the_smallest_of_three_p_values_sidak_corrected(monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'log', False)  # the statistics as given
     k = 10
     flat = [1.0 + 0.1 * i for i in range(k)]
     runs = [(flat, [1.0] * k, [1.0] * k), (flat, [1.0] * k, [1.0] * k)]
