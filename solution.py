@@ -487,12 +487,11 @@ def _keep_window(v, shape, area):
     side = max(1, min(h, w, round(math.sqrt(area * h * w))))
     energy = v.view(len(v), c, h, w).pow(2).sum(1, keepdim=True)  # (k, 1, H, W)
     sums = F.avg_pool2d(energy, side, stride=1).flatten(1)  # (k, (H-side+1)*(W-side+1)): each window's energy
-    best = sums.argmax(1)
-    cols = w - side + 1
-    mask = torch.zeros(len(v), h, w, dtype=v.dtype, device=v.device)
-    for i, (r0, c0) in enumerate(zip((best // cols).tolist(), (best % cols).tolist())):
-        mask[i, r0:r0 + side, c0:c0 + side] = 1.0
-    v.view(len(v), c, h * w).mul_(mask.view(len(v), 1, h * w))
+    best = sums.argmax(1, keepdim=True)  # (k, 1): the top-left corner, as row * (W-side+1) + column
+    r0, c0 = best // (w - side + 1), best % (w - side + 1)
+    rows, cols = torch.arange(h, device=v.device), torch.arange(w, device=v.device)
+    in_rows, in_cols = (rows >= r0) & (rows < r0 + side), (cols >= c0) & (cols < c0 + side)  # (k, H), (k, W)
+    v.view(len(v), c, h, w).mul_((in_rows[:, :, None] & in_cols[:, None, :]).to(v.dtype)[:, None])
 
 
 def _refine(split, h0, u, target, area, steps):
