@@ -68,11 +68,11 @@ def verdicts(twins):
 
 
 MACHINE = pytest.mark.xfail(strict=False, reason=(
-    'known defect, one toy draw: the release\'s verdict on this BadNets twin depends on the machine. It '
-    'passed on earlier CI machines; on a 2-core AMD EPYC without AVX-512 (2026-12-05) the twin was not '
-    'flagged: p_release 0.335 in the full suite, 0.105 at the true full plan. Note also that in full-suite runs these verdicts are '
-    'taken with settings an earlier test\'s --set leaves in solution.HYP (images=4, steps=2), not the '
-    'full plan the fixtures promise: a known test-isolation defect, not yet fixed.'))
+    'known defect, one toy draw: the BadNets twin\'s verdict varies with the machine and its load. It '
+    'was flagged on earlier CI machines and in a lone run of this file on 2026-12-05; in that day\'s '
+    'full suite it was not (p_release 0.335), nor in one run under load (0.105). In full-suite runs '
+    'these verdicts are taken with settings an earlier test\'s --set leaves in solution.HYP (images=4, '
+    'steps=2), not the full plan the fixtures promise: a known test-isolation defect, not yet fixed.'))
 
 
 @MACHINE
@@ -83,10 +83,9 @@ def test_backdoored_model_is_flagged(verdicts):
 
 @pytest.mark.xfail(strict=False, reason=(
     'known defect, one toy draw: on the synthetic task the star, ring and crescent classes can be reached '
-    'from any image by one small patch (RESULTS.md). The release before flagged this clean twin on every '
-    'run; this release (window and log) cleared it in one full-suite run and flagged it (p 3e-5) in a '
-    'run of this file alone beside other jobs. The cause of the difference was not traced; one toy '
-    'model is one draw, not a false-positive rate.'))
+    'from any image by one small patch (RESULTS.md). This release flags this clean twin at the full plan '
+    '(p 3e-5, a lone run of this file); full-suite runs judge it at the leaked 4 x 2 plan (MACHINE, '
+    'above), where it has passed. One toy model is one draw, not a false-positive rate.'))
 def test_clean_twin_is_called_clean(verdicts):
     ev = verdicts['clean']
     assert ev['p_release'] >= solution.P_THRESHOLD, ev  # the release alone
