@@ -4,6 +4,7 @@ Each is a module with evidence(model, num_classes, folder, transformation) -> di
 statistic, target, per_class) and detect(...) -> 0/1, plus a HYP dict of its settings.
 """
 import ast
+import contextlib
 import importlib
 
 DETECTORS = ('solution', 'seed', 'mmbd', 'nc', 'l1mad')
@@ -30,3 +31,17 @@ def override(detector, settings):
             hyp[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             hyp[key] = value  # a bare word: a string setting such as mode=universal
+
+
+@contextlib.contextmanager
+def restoring(detector):
+    """The detector's HYP as it was on entry, again on exit (even on an error): settings applied inside,
+    by override or by hand, hold for that block only and never leak into later callers."""
+    hyp = getattr(detector, 'HYP', None)
+    saved = None if hyp is None else dict(hyp)
+    try:
+        yield hyp
+    finally:
+        if hyp is not None:
+            hyp.clear()
+            hyp.update(saved)

@@ -18,7 +18,7 @@ import time
 import torch
 
 from bench import explain, samples
-from bench.detectors import DETECTORS, load_detector, override
+from bench.detectors import DETECTORS, load_detector, override, restoring
 from bench.samples import WEAK_ASR, read_index
 
 # -----------------------------------------------------------------------------
@@ -291,7 +291,6 @@ def main(argv=None):
     if not os.path.isdir(args.root):
         raise SystemExit(f'{args.root}: not a folder')
     detector = load_detector(args.detector)
-    override(detector, args.set)
     folders = samples.find(args.root, args.match, args.exact)
     if not folders:
         raise SystemExit(f'{args.root}: no sample folders (folders holding metadata.pt)')
@@ -299,12 +298,14 @@ def main(argv=None):
     print(f'{args.detector} {" ".join(args.set)} on {len(folders)} samples in {args.root} '
           f'({"cuda " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}, torch {torch.__version__})')
     print(COLUMNS.format('model', 'data', 'attack', 'truth', 'statistic', 'p-value', 'verdict', 'seconds', 'peak_MiB'))
-    rows = []
-    for folder in folders:
-        row = run_one(detector, folder, index.get(samples.name_of(folder), {}),
-                      args.explain, args.detector)
-        rows.append(row)
-        print(fmt_row(row), flush=True)
+    with restoring(detector):  # the --set settings hold for this run only, not for later callers
+        override(detector, args.set)
+        rows = []
+        for folder in folders:
+            row = run_one(detector, folder, index.get(samples.name_of(folder), {}),
+                          args.explain, args.detector)
+            rows.append(row)
+            print(fmt_row(row), flush=True)
     summary = summarise(rows)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -18,7 +18,7 @@ import torch
 
 from bench import samples
 from bench.baselines import nc
-from bench.detectors import DETECTORS, load_detector, override
+from bench.detectors import DETECTORS, load_detector, override, restoring
 from bench.samples import normalize_of, robust_z
 
 TRIGGER_IMAGES = 20  # clean images the reverse-engineered trigger must carry to the target
@@ -122,13 +122,14 @@ def main(argv=None):
     ap.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help='override a HYP setting')
     args = ap.parse_args(argv)
     detector = load_detector(args.detector)
-    override(detector, args.set)
     try:
         s = samples.read(args.sample)
         model = samples.build_model(s.state_dict, s.num_classes)
     except samples.SampleError as e:
         raise SystemExit(str(e))
-    ev = detector.evidence(model, s.num_classes, s.images, s.transformation)
+    with restoring(detector):  # the --set settings hold for this picture only
+        override(detector, args.set)
+        ev = detector.evidence(model, s.num_classes, s.images, s.transformation)
     truth = {0: 'backdoored', 1: 'clean'}.get(s.ground_truth, 'unknown')
     title = f'{args.detector} on {samples.name_of(args.sample)} (truth: {truth})'
     if render(ev, model, s.images, s.transformation, args.out, title):

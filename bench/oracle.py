@@ -36,8 +36,7 @@ import torch.nn.functional as F
 
 import solution
 from bench import samples
-from bench.detectors import override
-from bench.record import _restoring_hyp
+from bench.detectors import override, restoring
 
 ORACLE_IMAGES = 30  # clean non-target images pushed along the trigger's direction (solution's top rung)
 
@@ -70,7 +69,7 @@ def trigger_terms(model, clean, triggered, target, n=ORACLE_IMAGES):
     unit = F.normalize(d, dim=1)
     u = F.normalize(unit.mean(0), dim=0)  # the direction _transfer builds from these changes
     goal = torch.full((len(hc),), target, dtype=torch.long)
-    with _restoring_hyp() as hyp:
+    with restoring(solution) as hyp:
         hyp['core'] = 1.0  # the cut statistic is wanted whatever the release's exponent
         hyp['refine'] = 0.0  # the trigger's own direction, scored as found (and cut: solution._cuts)
         stats, _, cut = solution._transfer(split, hc, ht - hc, goal, solution.HYP['area'])
@@ -111,19 +110,8 @@ def oracle_row(folder, meta, records=None):
     return row
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('root')
-    ap.add_argument('--match', default='')
-    ap.add_argument('--exact', action='store_true', help='--match is the whole sample name')
-    ap.add_argument('--records', default=None, help='a bench.record folder to read the found statistics from')
-    ap.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help="a solution.HYP setting")
-    ap.add_argument('--json', default=None)
-    ap.add_argument('--threads', type=int, default=None)
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    override(solution, args.set)
+def _oracle_all(args):
+    """One oracle row per backdoored sample under args.root, printed as it is measured."""
     index = samples.read_index(args.root)
     rows = []
     print(f'{"model":<42} {"asr":>5} {"r":>5} {"pos90":>6} {"agree":>5} {"true_S":>7} {"cut":>5} '
@@ -143,6 +131,24 @@ def main(argv=None):
         print(f'{row["name"]:<42} {asr:>5} {row["r"]:5.2f} {row["pos90"]:6.3f} {row["agree"]:5.2f} '
               f'{row["true_S"]:7.2f} {row["cut"]:5.2f} {row["found_S"]:7.2f} {row["found_max_other"]:7.2f} '
               f'{row["rank"]:>4} {row["p_found"]:8.2g} {row["p_true"]:8.2g}', flush=True)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('root')
+    ap.add_argument('--match', default='')
+    ap.add_argument('--exact', action='store_true', help='--match is the whole sample name')
+    ap.add_argument('--records', default=None, help='a bench.record folder to read the found statistics from')
+    ap.add_argument('--set', action='append', default=[], metavar='KEY=VALUE', help="a solution.HYP setting")
+    ap.add_argument('--json', default=None)
+    ap.add_argument('--threads', type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with restoring(solution):  # the --set settings hold for this run only
+        override(solution, args.set)
+        rows = _oracle_all(args)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(rows, f, indent=1)

@@ -30,18 +30,7 @@ import torch
 
 import solution
 from bench import samples
-from bench.detectors import override
-
-
-@contextlib.contextmanager
-def _restoring_hyp():
-    """solution.HYP as it was on entry, again on exit: settings changed inside hold for that block only."""
-    saved = dict(solution.HYP)
-    try:
-        yield solution.HYP
-    finally:
-        solution.HYP.clear()
-        solution.HYP.update(saved)
+from bench.detectors import override, restoring
 
 
 @contextlib.contextmanager
@@ -113,7 +102,7 @@ def rescore(rec, reduce='mean', sets=()):
                          f"(statistic 'transfer', snapshots (1.0,)); this one has {hyp.get('statistic')!r}, "
                          f"{hyp.get('snapshots')!r}")
     k = rec['num_classes']
-    with _restoring_hyp() as settings:
+    with restoring(solution) as settings:
         settings.update(hyp)  # the recording's settings (landing, null, log, contrast_power, ...)
         override(solution, sets)
         # the cut is scored where solution scores it: core on, no refinement (refined, the factor is 1)
@@ -189,7 +178,7 @@ def main(argv=None):
         return rows
     if not args.root or not args.out:
         ap.error('give a sample folder and --out to record, or --rescore RECORDS')
-    with _restoring_hyp():  # the settings hold for this recording only
+    with restoring(solution):  # the settings hold for this recording only
         override(solution, args.set)
         _record_all(args.root, args.out, args.match, args.exact)
 

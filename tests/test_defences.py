@@ -128,9 +128,12 @@ def test_oracle_measures_the_true_trigger_on_the_smoke_zoo(smoke_zoo, capsys, tm
     changes the conv1 map (3 x 3 kernels) at no more than 7 x 7 of its 32 x 32 positions, so the share
     carrying 90% of the change is small (a wrong pairing would change every position). Clean samples
     are skipped."""
+    import solution
     from bench import oracle
     out = tmp_path / 'oracle.json'
+    before = dict(solution.HYP)
     oracle.main([smoke_zoo, '--set', 'images=4', '--set', 'steps=2', '--threads', '1', '--json', str(out)])
+    assert solution.HYP == before  # the --set settings held for that run only
     rows = __import__('json').loads(out.read_text())
     assert [r['attack'] for r in rows] == ['badnets']
     r = rows[0]

@@ -3,8 +3,10 @@ import json
 import math
 import re
 
+import pytest
 import torch
 
+import solution
 from bench import evaluate, samples
 from model_arch import PreActResNet18
 from test_samples import MNIST_LIKE
@@ -39,7 +41,9 @@ def test_evaluator_runs_reports_errors_and_ends_with_the_summary_line(tmp_path, 
     (tmp_path / 'm-broken').mkdir()
     (tmp_path / 'm-broken' / 'metadata.pt').write_bytes(b'not a torch file')
     out = tmp_path / 'res.json'
-    summary = evaluate.main([str(tmp_path), '--json', str(out), '--set', 'steps=12'])
+    before = dict(solution.HYP)
+    summary = evaluate.main([str(tmp_path), '--json', str(out), '--set', 'steps=12', '--set', 'images=5'])
+    assert solution.HYP == before  # the --set settings held for that run only
     printed = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r'accuracy [\d.]+ auroc [\d.na]+ fpr [\d.]+ fnr [\d.]+ mean_s [\d.]+ max_s [\d.]+ n 2',
                         printed[-1]), printed[-1]
@@ -51,9 +55,19 @@ def test_evaluator_runs_reports_errors_and_ends_with_the_summary_line(tmp_path, 
 
 
 def test_unknown_setting_is_refused(tmp_path):
-    import pytest
     with pytest.raises(SystemExit, match='unknown setting'):
         evaluate.override(evaluate.load_detector('solution'), ['stepz=3'])
+
+
+def test_settings_are_restored_when_an_override_fails_midway(tmp_path):
+    """--set steps=3 is applied before the unknown key stops the run: the caller still gets the settings
+    it had (later runs in the same process, the tests among them, must not inherit a half-applied set)."""
+    samples.write(str(tmp_path / 'm'), PreActResNet18(10, 4).state_dict(), 10, MNIST_LIKE,
+                  torch.randint(0, 256, (10, 3, 28, 28), dtype=torch.uint8), list(range(10)), 1)
+    before = dict(solution.HYP)
+    with pytest.raises(SystemExit, match='unknown setting'):
+        evaluate.main([str(tmp_path), '--set', 'steps=3', '--set', 'stepz=3'])
+    assert solution.HYP == before and before['steps'] != 3
 
 
 def test_explain_pictures_exactly_the_models_called_wrongly(tmp_path, capsys, fast):
