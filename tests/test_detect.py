@@ -1,13 +1,15 @@
-"""Detection itself: a small model with a strong BadNets trigger is flagged, its clean twin is not."""
+"""Detection itself: a small model with a strong BadNets trigger is flagged at its target; its clean twin."""
 import pytest
 import torch
 
 import solution
 from bench import attacks, data, samples, train
+from bench.detectors import restoring
 from bench.zoo import image_subset
 from model_arch import PreActResNet18
 
 
+TARGET = 3
 THREADS = 2  # training and detection at a fixed thread count: the float reduction order, hence the models
 
 
@@ -39,7 +41,7 @@ def twins(tmp_path_factory, fixed_threads):
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model = PreActResNet18(10, width=8)
-        atk = attacks.make('badnets', 3, ds.size, seed=0, rate=0.2, patch=5, pattern='checker',
+        atk = attacks.make('badnets', TARGET, ds.size, seed=0, rate=0.2, patch=5, pattern='random',
                            loc='bottom_right') if kind == 'badnets' else None
         fig = train.train(model, ds, atk, epochs=8, lr=0.1, augment=False, seed=0, log=lambda m: None)
         folder = tmp_path_factory.mktemp(kind)
@@ -58,43 +60,33 @@ def test_training_worked(twins):
 def verdicts(twins):
     """evidence() on both twins, once, with the confirming test on (HYP['confirm'] = 0.5): its
     'p_release' is the release's own p-value at the same full plan, its 'verdict' the AND of both tests."""
-    saved = dict(solution.HYP)
-    solution.HYP.update(budget_s=600.0, confirm=0.5)
-    try:
+    with restoring(solution) as hyp:
+        hyp.update(budget_s=600.0, confirm=0.5)
         return {kind: solution.evidence(model, 10, folder, transform) for kind, (model, folder, transform, _) in twins.items()}
-    finally:
-        solution.HYP.clear()
-        solution.HYP.update(saved)
 
 
-MACHINE = pytest.mark.xfail(strict=False, reason=(
-    'known defect, one toy draw: the BadNets twin\'s verdict varies with the machine and its load. It '
-    'was flagged on earlier CI machines and in a lone run of this file on 2026-12-05; in that day\'s '
-    'full suite it was not (p_release 0.335), nor in one run under load (0.105). In full-suite runs '
-    'these verdicts are taken with settings an earlier test\'s --set leaves in solution.HYP (images=4, '
-    'steps=2), not the full plan the fixtures promise: a known test-isolation defect, not yet fixed.'))
-
-
-@MACHINE
-def test_backdoored_model_is_flagged(verdicts):
+def test_backdoored_model_is_flagged_at_its_target(verdicts):
+    """The patch is random saturated colours, the usual BadNets stamp. A checker patch is a poor toy
+    trigger here: the synthetic data draws classes 3 and 7 with a checker texture (data.class_attributes),
+    so such a patch is natural evidence too. With it (2026-12-05, 30 x 25) the release ranked the star
+    class 6 first on the patch test (45.6 against the target's 10.2) and flagged the model only through
+    the contrast at class 7; with the random patch, the target is first (15.3 against 1.6, p 3e-11)."""
     ev = verdicts['badnets']
-    assert ev['p_release'] < solution.P_THRESHOLD, ev  # the release alone
+    assert ev['p_release'] < solution.P_THRESHOLD and ev['target'] == TARGET, ev  # the release alone
+
+
+def test_the_confirming_test_keeps_the_backdoor_flagged(verdicts):
+    """With the seed's largest-margin test as a confirmation (HYP['confirm']), both tests must say so."""
+    bad = verdicts['badnets']
+    assert bad['verdict'] == 0 and bad['p_margin'] < solution.P_THRESHOLD, bad
 
 
 @pytest.mark.xfail(strict=False, reason=(
     'known defect, one toy draw: on the synthetic task the star, ring and crescent classes can be reached '
-    'from any image by one small patch (RESULTS.md). This release flags this clean twin at the full plan '
-    '(p 3e-5, a lone run of this file); full-suite runs judge it at the leaked 4 x 2 plan (MACHINE, '
-    'above), where it has passed. One toy model is one draw, not a false-positive rate.'))
+    'from any image by one small patch (RESULTS.md), and the clean twin trained here differs from CPU to '
+    'CPU. On the 2-core AMD EPYC of 2026-12-05 the release called it clean (p 0.25, the largest patch '
+    'statistic at class 2) and the confirming test alone would have flagged it (p_margin 0.047). One toy '
+    'model is one draw, not a false-positive rate.'))
 def test_clean_twin_is_called_clean(verdicts):
     ev = verdicts['clean']
-    assert ev['p_release'] >= solution.P_THRESHOLD, ev  # the release alone
-
-
-@MACHINE
-def test_the_confirming_test_flags_the_backdoor_and_clears_the_clean_twin(verdicts):
-    """With the seed's largest-margin test as a confirmation (HYP['confirm']), the BadNets twin is still
-    flagged, and the clean twin is called clean."""
-    bad, clean = verdicts['badnets'], verdicts['clean']
-    assert bad['verdict'] == 0 and bad['p_margin'] < solution.P_THRESHOLD, bad
-    assert clean['verdict'] == 1 and clean['p_margin'] >= solution.P_THRESHOLD, clean
+    assert ev['p_release'] >= solution.P_THRESHOLD and ev['verdict'] == 1, ev
