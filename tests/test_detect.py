@@ -25,13 +25,6 @@ def fixed_threads():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(autouse=True)
-def full_plan(monkeypatch):
-    """A budget no machine reaches, so detect() always plans its full 30 images x 25 steps: the verdicts
-    below must not depend on how loaded the machine is (a smaller plan is a different draw)."""
-    monkeypatch.setitem(solution.HYP, 'budget_s', 600.0)
-
-
 @pytest.fixture(scope='module')
 def twins(tmp_path_factory, fixed_threads):
     """A clean and a BadNets width-8 model trained the same way on the embedded synthetic data."""
@@ -59,7 +52,9 @@ def test_training_worked(twins):
 @pytest.fixture(scope='module')
 def verdicts(twins):
     """evidence() on both twins, once, with the confirming test on (HYP['confirm'] = 0.5): its
-    'p_release' is the release's own p-value at the same full plan, its 'verdict' the AND of both tests."""
+    'p_release' is the release's own p-value, its 'verdict' the AND of both tests. A budget no machine
+    reaches, so the release always plans its full 30 images x 25 steps: the verdicts must not depend on
+    how loaded the machine is (a smaller plan is a different draw)."""
     with restoring(solution) as hyp:
         hyp.update(budget_s=600.0, confirm=0.5)
         return {kind: solution.evidence(model, 10, folder, transform) for kind, (model, folder, transform, _) in twins.items()}
