@@ -30,23 +30,30 @@ def image_folder(tmp_path):
     return write_images(tmp_path / 'test_dataset')
 
 
-@pytest.fixture
-def toy_model():
+def make_toy_model():
+    """The toy model: a width-8 PreActResNet18 for 10 classes, untrained, the same on every call."""
     torch.manual_seed(0)
     return PreActResNet18(num_classes=10, width=8).eval()
 
 
 @pytest.fixture
+def toy_model():
+    return make_toy_model()
+
+
+# Few steps: for tests of the contract, not of detection quality. A generous budget, so the plan
+# (images x steps) never shrinks on a loaded machine and two calls can be compared exactly. One image
+# draw, whatever HYP['draws'] says (the draws' own tests set it). 6 x 6 keeps both passes: it is above
+# HYP['contrast_plan'] (30 images x steps per class).
+FAST = dict(budget_s=600.0, draws=1, steps=6, min_steps=6, images=6)
+
+
+@pytest.fixture
 def fast(monkeypatch):
-    """Few steps: for tests of the contract, not of detection quality. A generous budget, so the plan
-    (images x steps) never shrinks on a loaded machine and two calls can be compared exactly. One image
-    draw, whatever HYP['draws'] says (the draws' own tests set it)."""
+    """solution.HYP at FAST for one test."""
     import solution
-    monkeypatch.setitem(solution.HYP, 'budget_s', 600.0)
-    monkeypatch.setitem(solution.HYP, 'draws', 1)
-    monkeypatch.setitem(solution.HYP, 'steps', 12)
-    monkeypatch.setitem(solution.HYP, 'min_steps', 12)
-    monkeypatch.setitem(solution.HYP, 'images', 6)
+    for key, value in FAST.items():
+        monkeypatch.setitem(solution.HYP, key, value)
 
 
 @pytest.fixture(scope='session')

@@ -1,4 +1,5 @@
 """bench.record: recording evidence() image by image leaves it unchanged, and rescoring reproduces it."""
+import copy
 import math
 
 import pytest
@@ -6,12 +7,25 @@ import torch
 
 import solution
 from bench import record
-from conftest import CIFAR_LIKE
+from bench.detectors import restoring
+from conftest import CIFAR_LIKE, FAST, make_toy_model, write_images
+
+
+@pytest.fixture(scope='module')
+def recorded(tmp_path_factory):
+    """One record of the toy model (the toy_model and image_folder fixtures' model and images) at FAST,
+    taken once for the tests that only read or rescore it."""
+    model = make_toy_model()
+    folder = write_images(tmp_path_factory.mktemp('record') / 'test_dataset')
+    with restoring(solution) as hyp:
+        hyp.update(FAST)
+        return record.record(model, 10, folder, CIFAR_LIKE)
 
 
 @pytest.fixture
-def rec(toy_model, image_folder, fast):
-    return record.record(toy_model, 10, image_folder, CIFAR_LIKE)
+def rec(recorded, fast):
+    """A copy of the module's record, for a test that may change it."""
+    return copy.deepcopy(recorded)
 
 
 def test_recording_changes_nothing(rec, toy_model, image_folder, fast):
