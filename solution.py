@@ -107,7 +107,11 @@ the patch pass runs alone with all of it, as with the contrast off. With HYP['co
 of the time is planned for the confirming test (its own images x steps from the same ladder) and the
 release's passes plan with the rest; the confirming test runs last, until the deadline. Where the
 release's plan is the ladder's top and a share of its time would still be, HYP['draws'] runs that many
-image draws (step 8), each pass of each draw with an equal share of the release's time.
+image draws (step 8), each pass of each draw with an equal share of the release's time. Where even the
+ladder's last rung (2 images x HYP['min_steps'] steps per class) would overshoot with the refinement
+(its steps cost two forward-backward passes each per search step: full-width 100-class models on a
+2-core CPU), every class runs without it (the core factor's cut is scored instead; 'refine' 0 in
+evidence()); where the last rung overshoots even so, the call takes as long as that rung does.
 
 Side effects: none. The caller's model is deep-copied (parameters, buffers, training flag, device and
 requires_grad flags stay as they were), the transformation is only called, the global RNG states
@@ -445,8 +449,8 @@ def _transfer_margins(split, h0, delta, target, area=0.0, refine=0):
     shared direction (the normalised mean of its images' unit changes) at alpha times its own activation
     norm, and the pushed images' mean penultimate feature per class (k, F). delta (k*n, C, H, W) are the
     optimised changes, grouped by class; target (k*n,). With `refine` > 0 steps, the shared direction
-    is ascended directly before it is scored (_refine). Where _cuts(area) (the core factor on the
-    patch pass, the refinement off), a third entry per norm: the softplus margins (k, n) under the
+    is ascended directly before it is scored (_refine). Where _cuts(area, refine) (the core factor on
+    the patch pass, no refinement steps), a third entry per norm: the softplus margins (k, n) under the
     direction cut to one patch (_core); else None."""
     n = len(h0)
     k = len(delta) // n
@@ -456,7 +460,7 @@ def _transfer_margins(split, h0, delta, target, area=0.0, refine=0):
     else:
         u = F.normalize(unit.mean(1), dim=1)[:, None, :]  # (k, 1, D)
         u = _refine(split, h0, u, target, area, refine)
-    cut = _core(u, h0.shape[1:], area) if _cuts(area) else None
+    cut = _core(u, h0.shape[1:], area) if _cuts(area, refine) else None
     norm = h0.flatten(1).norm(dim=1)  # (n,)
 
     def push(direction, alpha):
@@ -523,9 +527,9 @@ def _refine(split, h0, u, target, area, steps):
     return F.normalize(v.detach(), dim=1)[:, None, :]
 
 
-def _refine_steps(steps):
-    """The refinement's steps for a pass of `steps` optimisation steps: HYP['refine'] of them, rounded."""
-    return int(round(HYP['refine'] * steps))
+def _refine_steps(steps, refine):
+    """The refinement's steps for a pass of `steps` optimisation steps: the share `refine` of them, rounded."""
+    return int(round(refine * steps))
 
 
 def _transfer(split, h0, delta, target, area=0.0, refine=0):
@@ -533,7 +537,7 @@ def _transfer(split, h0, delta, target, area=0.0, refine=0):
     the best over HYP['alphas'] (a trigger's strength in feature space is not known in advance: a patch is
     a large local change, a blend a small one everywhere). Returns the statistics (k,) and, at the norm
     that gave each, the pushed images' mean penultimate feature (k, F): where the class's direction lands
-    them. Third: where _cuts(area), each class's best mean margin over the norms under
+    them. Third: where _cuts(area, refine), each class's best mean margin over the norms under
     its direction cut to one patch (k,), else None."""
     out = _transfer_margins(split, h0, delta, target, area, refine)
     stats, landed = _best_norm([(margins.mean(1), mean_feats) for margins, mean_feats, _ in out])
@@ -623,8 +627,9 @@ def landing(landed, feats, y, num_classes):
         return torch.where(count > 0, far, torch.ones_like(far)).tolist()
 
 
-def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None, area=None):
+def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None):
     """For each class in `classes`, push the n activations h0 (n, C, H, W) towards it; its statistic.
+    refine: the refinement's share of the steps (None: HYP['refine']; evidence() may turn it off).
 
     mode 'free': every image's activation is its own free variable (the seed method), changed at most
     at `area` of its positions (None: HYP['area']; 0: all). mode 'universal': one shift per class, shared by all images, of
@@ -641,6 +646,7 @@ def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None, 
     start = h0.repeat(k, 1, 1, 1)  # (k*n, C, H, W): the clean activations, one copy per class
     universal = HYP['mode'] == 'universal'
     area = _area() if area is None else area
+    refine = HYP['refine'] if refine is None else refine
     if universal:
         var = torch.zeros((k,) + h0.shape[1:], device=h0.device, requires_grad=True)  # (k, C, H, W)
         radius = HYP['eps'] * h0.flatten(1).norm(dim=1).mean()
@@ -661,7 +667,7 @@ def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None, 
     taken, done = [], 0  # transfer: (statistics, landing points, cut statistics) at each mark; steps run so far
 
     def snapshot():
-        return _transfer(split, h0, current() - start, target, area, _refine_steps(done))  # a deadline stop refines less too
+        return _transfer(split, h0, current() - start, target, area, _refine_steps(done, refine))  # a deadline stop refines less too
     for step in range(steps):
         for g in opt.param_groups:
             g['lr'] = _lr_at(step, steps)
@@ -723,29 +729,31 @@ def _step_seconds(split, h_all, num_classes, chunk, bounds):
     return per_image_step, (time.monotonic() - t0) / len(var)
 
 
-def _refinings():
-    """Forward-backward passes per image and class of the refinement (_refine) per search step: one per
-    norm in HYP['alphas'] for each of HYP['refine'] steps, at each snapshot; 0 when off."""
+def _refinings(refine):
+    """Forward-backward passes per image and class of the refinement (_refine) per search step, at the
+    share `refine` of the steps: one per norm in HYP['alphas'] for each refinement step, at each
+    snapshot; 0 when off (refine 0, or a statistic that is not refined)."""
     if HYP['statistic'] != 'transfer' or HYP['leave_one_out']:
         return 0.0
-    return HYP['refine'] * len(HYP['alphas']) * len(set(HYP['snapshots']))
+    return refine * len(HYP['alphas']) * len(set(HYP['snapshots']))
 
 
-def _scorings(area):
+def _scorings(area, refine):
     """Forward passes per image and class after a pass's steps: _transfer scores the shared direction at
     each norm in HYP['alphas'] (twice where the core factor's cut is scored, _cuts) at each snapshot; the
     'margin' statistic reads the final margins once."""
     if HYP['statistic'] != 'transfer':
         return 1
     marks = len(set(HYP['snapshots']))
-    return len(HYP['alphas']) * (2 if _cuts(area) else 1) * marks
+    return len(HYP['alphas']) * (2 if _cuts(area, refine) else 1) * marks
 
 
-def _cuts(area):
-    """Whether the core factor's cut direction is scored: HYP['core'] on a pass with an `area`, and the
-    refinement off (_refinings). A refined patch direction already lies in one patch, so its cut is
-    itself and the factor exactly 1: scoring it would only cost time."""
-    return bool(HYP['core'] and area) and not _refinings()
+def _cuts(area, refine):
+    """Whether the core factor's cut direction is scored: HYP['core'] on a pass with an `area`, and no
+    refinement (`refine`, its share of the steps or its steps: 0 = none; _refinings). A refined patch
+    direction already lies in one patch, so its cut is itself and the factor exactly 1: scoring it would
+    only cost time."""
+    return bool(HYP['core'] and area) and not _refinings(refine)
 
 
 def _plan(step_seconds, seconds, num_classes, n_images, score_seconds=0.0, max_steps=None):
@@ -760,7 +768,19 @@ def _plan(step_seconds, seconds, num_classes, n_images, score_seconds=0.0, max_s
         for n in (n_max, 12, 8, 4, 2):
             if n <= n_max and n * (steps * step_seconds + score_seconds) <= per_class:
                 return n, steps
-    return min(2, n_max), HYP['min_steps']
+    return _floor(n_images)
+
+
+def _floor(n_images):
+    """The ladder's last rung, which _plan returns when no rung fits: 2 images (or fewer where the folder
+    has fewer) x HYP['min_steps'] steps per class."""
+    return min(2, HYP['images'], n_images), HYP['min_steps']
+
+
+def _floor_fits(step_seconds, score_seconds, seconds, num_classes, n_images):
+    """Whether the ladder's last rung (_floor) fits `seconds`, at _plan's costs per image."""
+    n, steps = _floor(n_images)
+    return n * (steps * step_seconds + score_seconds) * num_classes <= seconds
 
 
 def _draws(step_seconds, seconds, num_classes, n_images, score_seconds, plan):
@@ -918,15 +938,19 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             bounds = a_lo - HYP['widen'] * (a_hi - a_lo), a_hi + HYP['widen'] * (a_hi - a_lo)
         else:
             bounds = None
-        step_s, forward_s = _step_seconds(split, h_all, num_classes, chunk, bounds)
-        sign_s = step_s  # the confirming test's step: one forward-backward, no refinement (a little over its cost)
-        step_s *= 1 + _refinings()  # each search step brings refinement steps with it (HYP['refine'])
-        score_s = _scorings(_area()) * forward_s  # per image and class, after the steps (the patch pass: the most)
+        sign_s, forward_s = _step_seconds(split, h_all, num_classes, chunk, bounds)  # sign_s: one forward-backward
+
+        def costs(refine):  # (per image and step: the step and its refinement steps, per image: the scoring after the steps)
+            return sign_s * (1 + _refinings(refine)), _scorings(_area(), refine) * forward_s
         left = 0.7 * (deadline - time.monotonic())  # 30% slack
         share = HYP['confirm']  # the confirming test's share of the time; the release plans with the rest
-        if share:
+        if share:  # the confirming test's step: one forward-backward, no refinement (a little over its cost)
             n_c, steps_c = _plan(sign_s, share * left, num_classes, len(h_all), max_steps=HYP['confirm_steps'])
             left *= 1 - share
+        refine = HYP['refine']
+        if refine and not _floor_fits(*costs(refine), left, num_classes, len(h_all)):
+            refine = 0.0  # even the ladder's last rung overshoots with the refinement: every class goes without it
+        step_s, score_s = costs(refine)
         contrasted = _contrasted()
         if contrasted:  # two passes, each planned with half the time; below contrast_plan both would starve
             n, steps = _plan(step_s, left / 2, num_classes, len(h_all), score_s)
@@ -945,7 +969,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             runs, spikes = [], None
             for j, (area, pass_bounds) in enumerate(passes):
                 end = t0 + (release_end - t0) * (k * len(passes) + j + 1) / legs
-                stats, landed, cut = _every_class(split, h0, l0, num_classes, chunk, steps, end, pass_bounds, area)
+                stats, landed, cut = _every_class(split, h0, l0, num_classes, chunk, steps, end, pass_bounds, area, refine)
                 far = _landing_factors(landed, feats, y, num_classes) if transfer else [1.0] * num_classes
                 runs.append((stats, far, core_factors(stats, cut)))
                 if j == 0 and transfer:  # the patch pass
@@ -996,6 +1020,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'p_draws': p_draws,                      # each image draw's p-value; p_release is their median (one draw: its own)
         'draw': middle,                          # the draw whose statistics the fields above report
         'images': int(len(h0)), 'steps': steps, 'draws': draws, 'data_free': data_free,
+        'refine': refine,                        # the refinement's share of the steps this call ran (0: HYP['refine'] did not fit)
         'seconds': time.monotonic() - start, 'device': str(device),
     }
 
@@ -1034,13 +1059,14 @@ def _chunks(num_classes, chunk, end):
         yield list(range(c, min(num_classes, c + chunk))), t0 + (end - t0) * (i + 1) / len(firsts)
 
 
-def _every_class(split, h0, labels, num_classes, chunk, steps, end, bounds, area):
+def _every_class(split, h0, labels, num_classes, chunk, steps, end, bounds, area, refine):
     """Statistics of all classes, `chunk` classes at a time, and where each class's direction lands
     (a list of (chunk, F) tensors; None entries for the 'margin' statistic), and the statistics under the
-    cut direction (a list; None unless _cuts(area), see _transfer). Each chunk stops at its mark (_chunks)."""
+    cut direction (a list; None unless _cuts(area, refine), see _transfer). Each chunk stops at its mark
+    (_chunks). refine: the refinement's share of the steps."""
     stats, landed, cut = [], [], []
     for classes, mark in _chunks(num_classes, chunk, end):
-        s, where, c_cut = _class_statistics(split, h0, labels, classes, steps, mark, bounds, area)
+        s, where, c_cut = _class_statistics(split, h0, labels, classes, steps, mark, bounds, area, refine)
         stats += s
         landed.append(where)
         cut = None if c_cut is None or cut is None else cut + c_cut

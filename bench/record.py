@@ -105,8 +105,10 @@ def rescore(rec, reduce='mean', sets=()):
     with restoring(solution) as settings:
         settings.update(hyp)  # the recording's settings (landing, null, log, contrast_power, ...)
         override(solution, sets)
-        # the cut is scored where solution scores it: core on, no refinement (refined, the factor is 1)
-        if solution._cuts(solution._area()) and any(call.get('cut', [None])[0] is None for call in rec['passes'][0]['calls']):
+        # the cut is scored where solution scores it: core on, no refinement (refined, the factor is 1);
+        # the refinement the call ran (0 where it did not fit), else (a record from before) the setting
+        refine = rec['evidence'].get('refine', solution.HYP['refine'])
+        if solution._cuts(solution._area(), refine) and any(call.get('cut', [None])[0] is None for call in rec['passes'][0]['calls']):
             raise ValueError('this record holds no cut margins (taken with the core factor off): it cannot be rescored with core on')
         draws = rec['evidence'].get('draws', 1)  # each draw ran its passes in turn: patch, then dense
         per_draw = len(rec['passes']) // draws

@@ -150,9 +150,9 @@ def test_a_chunk_that_overruns_cannot_starve_the_later_ones(toy_model, image_fol
     seen = []
     real = solution._class_statistics
 
-    def overrunning(split, h0, labels, classes, steps, deadline, bounds=None, area=None):
+    def overrunning(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None):
         seen.append((clock[0], deadline))
-        out = real(split, h0, labels, classes, 1, float('inf'), bounds, area)
+        out = real(split, h0, labels, classes, 1, float('inf'), bounds, area, refine)
         clock[0] = deadline + 0.01  # ran slightly past its deadline, as the guard allows
         return out
 
@@ -175,9 +175,9 @@ def test_the_contrast_runs_a_patch_pass_then_a_dense_pass_inside_one_budget(toy_
     seen = []
     real = solution._class_statistics
 
-    def overrunning(split, h0, labels, classes, steps, deadline, bounds=None, area=None):
+    def overrunning(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None):
         seen.append((deadline, area, bounds is None))
-        out = real(split, h0, labels, classes, 1, float('inf'), bounds, area)
+        out = real(split, h0, labels, classes, 1, float('inf'), bounds, area, refine)
         clock[0] = deadline + 0.01  # every chunk runs to its deadline
         return out
 
@@ -236,9 +236,9 @@ def test_when_two_passes_would_starve_the_patch_pass_runs_alone_with_the_whole_b
     areas = []
     real = solution._class_statistics
 
-    def recording(split, h0, labels, classes, steps, deadline, bounds=None, area=None):
+    def recording(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None):
         areas.append(area)
-        return real(split, h0, labels, classes, steps, deadline, bounds, area)
+        return real(split, h0, labels, classes, steps, deadline, bounds, area, refine)
 
     monkeypatch.setattr(solution, '_class_statistics', recording)
     e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
@@ -293,9 +293,9 @@ def test_the_planned_scoring_is_the_scoring_the_passes_run(toy_model, image_fold
     solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
     assert {area for area, _, _ in rows} == {solution.HYP['area'], 0.0}  # both passes scored
     for area, images_x_classes, forwards in rows:
-        assert forwards == images_x_classes * solution._scorings(area)
+        assert forwards == images_x_classes * solution._scorings(area, refine)
     cuts = 1 if refine else 2  # the cut direction, patch pass only, when not refined
-    assert solution._scorings(solution.HYP['area']) == cuts * solution._scorings(0.0)
+    assert solution._scorings(solution.HYP['area'], refine) == cuts * solution._scorings(0.0, refine)
 
 
 def test_the_plan_charges_the_refinement_steps_and_refine_is_checked(toy_model, image_folder, fast, monkeypatch):
@@ -315,3 +315,38 @@ def test_the_plan_charges_the_refinement_steps_and_refine_is_checked(toy_model, 
         monkeypatch.setitem(solution.HYP, 'refine', bad)
         with pytest.raises(ValueError, match='refine'):
             solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+
+
+@pytest.mark.parametrize('probe, refined', [((1.0, 0.1), True), ((5.0, 0.1), False)])
+def test_where_the_last_rung_overshoots_with_the_refinement_every_class_goes_without_it(
+        toy_model, image_folder, fast, monkeypatch, probe, refined):
+    """With 10 classes, 2 x 2 per class and 420 s planned (0.7 of the 600 s budget): a probe of 1 s a
+    step affords the last rung refined (2 x (2 x 3 s + 0.2 s) x 10 = 124 s), one of 5 s does not (604 s)
+    but affords it unrefined (2 x (2 x 5 s + 0.4 s) x 10 = 208 s). Unrefined, no class's direction is
+    refined, the plan is charged the unrefined costs, and the patch pass scores the cut instead."""
+    steps_seen, plans, cuts = [], [], []
+    real_refine, real_transfer = solution._refine, solution._transfer
+
+    def refine(split, h0, u, target, area, steps):
+        steps_seen.append(steps)
+        return real_refine(split, h0, u, target, area, steps)
+
+    def transfer(*args):
+        out = real_transfer(*args)
+        cuts.append(out[2] is not None)
+        return out
+
+    def plan(step_seconds, seconds, num_classes, n_images, score_seconds=0.0):
+        plans.append(step_seconds)
+        return 2, 2
+    monkeypatch.setattr(solution, '_refine', refine)
+    monkeypatch.setattr(solution, '_transfer', transfer)
+    monkeypatch.setattr(solution, '_plan', plan)
+    monkeypatch.setattr(solution, '_step_seconds', lambda *a: probe)
+    monkeypatch.setitem(solution.HYP, 'refine', 1.0)
+    monkeypatch.setitem(solution.HYP, 'contrast', False)
+    ev = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert ev['refine'] == (1.0 if refined else 0.0)
+    assert steps_seen and all((s > 0) == refined for s in steps_seen)
+    assert plans[0] == pytest.approx(probe[0] * (1 + len(solution.HYP['alphas']) if refined else 1))
+    assert cuts and all(c != refined for c in cuts)  # core 0.5: the cut is scored exactly when unrefined

@@ -103,7 +103,7 @@ def test_with_the_refinement_the_cut_is_not_scored_and_would_change_nothing(toy_
     to that share gives the direction back: the cut is not scored (_cuts) and every core factor is 1."""
     monkeypatch.setitem(solution.HYP, 'core', 1.0)
     monkeypatch.setitem(solution.HYP, 'refine', 1.0)
-    assert not solution._cuts(solution._area())
+    assert not solution._cuts(solution._area(), solution.HYP['refine'])
     ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
     assert ev['core'] == [1.0] * 10
     g = torch.Generator().manual_seed(0)
