@@ -344,9 +344,10 @@ def test_where_the_last_rung_overshoots_with_the_refinement_every_class_goes_wit
     monkeypatch.setattr(solution, '_plan', plan)
     monkeypatch.setattr(solution, '_step_seconds', lambda *a: probe)
     monkeypatch.setitem(solution.HYP, 'refine', 1.0)
+    monkeypatch.setitem(solution.HYP, 'core', 0.5)
     monkeypatch.setitem(solution.HYP, 'contrast', False)
     ev = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
     assert ev['refine'] == (1.0 if refined else 0.0)
     assert steps_seen and all((s > 0) == refined for s in steps_seen)
     assert plans[0] == pytest.approx(probe[0] * (1 + len(solution.HYP['alphas']) if refined else 1))
-    assert cuts and all(c != refined for c in cuts)  # core 0.5: the cut is scored exactly when unrefined
+    assert cuts and all(c != refined for c in cuts)  # the core factor on: the cut is scored exactly when unrefined
