@@ -766,9 +766,14 @@ def _plan(step_seconds, seconds, num_classes, n_images, score_seconds=0.0, max_s
     for share in (1, 0.6, 0.4, 0.25, 0.1, 0.05):
         steps = max(HYP['min_steps'], round(share * top))
         for n in (n_max, 12, 8, 4, 2):
-            if n <= n_max and n * (steps * step_seconds + score_seconds) <= per_class:
+            if n <= n_max and _rung_seconds(n, steps, step_seconds, score_seconds) <= per_class:
                 return n, steps
     return _floor(n_images)
+
+
+def _rung_seconds(n, steps, step_seconds, score_seconds):
+    """Seconds per class of a rung, n images x `steps` steps: each image's steps, then its scoring."""
+    return n * (steps * step_seconds + score_seconds)
 
 
 def _floor(n_images):
@@ -779,8 +784,7 @@ def _floor(n_images):
 
 def _floor_fits(step_seconds, score_seconds, seconds, num_classes, n_images):
     """Whether the ladder's last rung (_floor) fits `seconds`, at _plan's costs per image."""
-    n, steps = _floor(n_images)
-    return n * (steps * step_seconds + score_seconds) * num_classes <= seconds
+    return _rung_seconds(*_floor(n_images), step_seconds, score_seconds) <= seconds / num_classes  # as _plan compares
 
 
 def _draws(step_seconds, seconds, num_classes, n_images, score_seconds, plan):
