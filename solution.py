@@ -111,7 +111,9 @@ image draws (step 8), each pass of each draw with an equal share of the release'
 ladder's last rung (2 images x HYP['min_steps'] steps per class) would overshoot with the refinement
 (its steps cost two forward-backward passes each per search step: full-width 100-class models on a
 2-core CPU), every class runs without it (the core factor's cut is scored instead; 'refine' 0 in
-evidence()); where the last rung overshoots even so, the call takes as long as that rung does.
+evidence()); where it would overshoot even so, without the cut too (one forward pass less per image
+and norm: the core factor is 1, 'core_power' 0; _settings); where the last rung overshoots even then,
+the call takes as long as that rung does.
 
 Side effects: none. The caller's model is deep-copied (parameters, buffers, training flag, device and
 requires_grad flags stay as they were), the transformation is only called, the global RNG states
@@ -444,12 +446,12 @@ def _core(u, shape, area):
     return F.normalize(kept, dim=1).view(u.shape)
 
 
-def _transfer_margins(split, h0, delta, target, area=0.0, refine=0):
+def _transfer_margins(split, h0, delta, target, area=0.0, refine=0, core=None):
     """Per norm alpha in HYP['alphas']: each image's softplus(margin) (k, n) when every image gets its class's
     shared direction (the normalised mean of its images' unit changes) at alpha times its own activation
     norm, and the pushed images' mean penultimate feature per class (k, F). delta (k*n, C, H, W) are the
     optimised changes, grouped by class; target (k*n,). With `refine` > 0 steps, the shared direction
-    is ascended directly before it is scored (_refine). Where _cuts(area, refine) (the core factor on
+    is ascended directly before it is scored (_refine). Where _cuts(area, refine, core) (the core factor on
     the patch pass, no refinement steps), a third entry per norm: the softplus margins (k, n) under the
     direction cut to one patch (_core); else None."""
     n = len(h0)
@@ -460,7 +462,7 @@ def _transfer_margins(split, h0, delta, target, area=0.0, refine=0):
     else:
         u = F.normalize(unit.mean(1), dim=1)[:, None, :]  # (k, 1, D)
         u = _refine(split, h0, u, target, area, refine)
-    cut = _core(u, h0.shape[1:], area) if _cuts(area, refine) else None
+    cut = _core(u, h0.shape[1:], area) if _cuts(area, refine, core) else None
     norm = h0.flatten(1).norm(dim=1)  # (n,)
 
     def push(direction, alpha):
@@ -532,14 +534,14 @@ def _refine_steps(steps, refine):
     return int(round(refine * steps))
 
 
-def _transfer(split, h0, delta, target, area=0.0, refine=0):
+def _transfer(split, h0, delta, target, area=0.0, refine=0, core=None):
     """Per class: the mean over images of softplus(margin) under its shared direction (_transfer_margins),
     the best over HYP['alphas'] (a trigger's strength in feature space is not known in advance: a patch is
     a large local change, a blend a small one everywhere). Returns the statistics (k,) and, at the norm
     that gave each, the pushed images' mean penultimate feature (k, F): where the class's direction lands
-    them. Third: where _cuts(area, refine), each class's best mean margin over the norms under
+    them. Third: where _cuts(area, refine, core), each class's best mean margin over the norms under
     its direction cut to one patch (k,), else None."""
-    out = _transfer_margins(split, h0, delta, target, area, refine)
+    out = _transfer_margins(split, h0, delta, target, area, refine, core)
     stats, landed = _best_norm([(margins.mean(1), mean_feats) for margins, mean_feats, _ in out])
     cut = None if out[0][2] is None else _best_cut([c.mean(1) for _, _, c in out])
     return stats, landed, cut
@@ -627,9 +629,10 @@ def landing(landed, feats, y, num_classes):
         return torch.where(count > 0, far, torch.ones_like(far)).tolist()
 
 
-def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None):
+def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None, core=None):
     """For each class in `classes`, push the n activations h0 (n, C, H, W) towards it; its statistic.
     refine: the refinement's share of the steps (None: HYP['refine']; evidence() may turn it off).
+    core: the core factor's exponent, whose cut is scored where it is not 0 (None: HYP['core']; _cuts).
 
     mode 'free': every image's activation is its own free variable (the seed method), changed at most
     at `area` of its positions (None: HYP['area']; 0: all). mode 'universal': one shift per class, shared by all images, of
@@ -667,7 +670,7 @@ def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None, 
     taken, done = [], 0  # transfer: (statistics, landing points, cut statistics) at each mark; steps run so far
 
     def snapshot():
-        return _transfer(split, h0, current() - start, target, area, _refine_steps(done, refine))  # a deadline stop refines less too
+        return _transfer(split, h0, current() - start, target, area, _refine_steps(done, refine), core)  # a deadline stop refines less too
     for step in range(steps):
         for g in opt.param_groups:
             g['lr'] = _lr_at(step, steps)
@@ -738,22 +741,22 @@ def _refinings(refine):
     return refine * len(HYP['alphas']) * len(set(HYP['snapshots']))
 
 
-def _scorings(area, refine):
+def _scorings(area, refine, core=None):
     """Forward passes per image and class after a pass's steps: _transfer scores the shared direction at
     each norm in HYP['alphas'] (twice where the core factor's cut is scored, _cuts) at each snapshot; the
     'margin' statistic reads the final margins once."""
     if HYP['statistic'] != 'transfer':
         return 1
     marks = len(set(HYP['snapshots']))
-    return len(HYP['alphas']) * (2 if _cuts(area, refine) else 1) * marks
+    return len(HYP['alphas']) * (2 if _cuts(area, refine, core) else 1) * marks
 
 
-def _cuts(area, refine):
-    """Whether the core factor's cut direction is scored: HYP['core'] on a pass with an `area`, and no
-    refinement (`refine`, its share of the steps or its steps: 0 = none; _refinings). A refined patch
-    direction already lies in one patch, so its cut is itself and the factor exactly 1: scoring it would
-    only cost time."""
-    return bool(HYP['core'] and area) and not _refinings(refine)
+def _cuts(area, refine, core=None):
+    """Whether the core factor's cut direction is scored: its exponent `core` (None: HYP['core']) not 0,
+    on a pass with an `area`, and no refinement (`refine`, its share of the steps or its steps: 0 = none;
+    _refinings). A refined patch direction already lies in one patch, so its cut is itself and the
+    factor exactly 1: scoring it would only cost time."""
+    return bool((HYP['core'] if core is None else core) and area) and not _refinings(refine)
 
 
 def _plan(step_seconds, seconds, num_classes, n_images, score_seconds=0.0, max_steps=None):
@@ -780,6 +783,15 @@ def _floor(n_images):
     """The ladder's last rung, which _plan returns when no rung fits: 2 images (or fewer where the folder
     has fewer) x HYP['min_steps'] steps per class."""
     return min(2, HYP['images'], n_images), HYP['min_steps']
+
+
+def _settings():
+    """The (refinement share, core factor exponent) settings a call may run, the richest first: the
+    release's; without the refinement (its steps cost two forward-backward passes per search step), the
+    core factor's cut scored instead; without that cut too (it costs a forward pass per image and norm).
+    evidence() runs the first whose last rung (_floor) fits the budget, else the last: the same for
+    every class, so the null compares like with like."""
+    return [(HYP['refine'], HYP['core']), (0.0, HYP['core']), (0.0, 0.0)]
 
 
 def _floor_fits(step_seconds, score_seconds, seconds, num_classes, n_images):
@@ -944,17 +956,16 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             bounds = None
         sign_s, forward_s = _step_seconds(split, h_all, num_classes, chunk, bounds)  # sign_s: one forward-backward
 
-        def costs(refine):  # (per image and step: the step and its refinement steps, per image: the scoring after the steps)
-            return sign_s * (1 + _refinings(refine)), _scorings(_area(), refine) * forward_s
+        def costs(refine, core):  # (per image and step: the step and its refinement steps, per image: the scoring after the steps)
+            return sign_s * (1 + _refinings(refine)), _scorings(_area(), refine, core) * forward_s
         left = 0.7 * (deadline - time.monotonic())  # 30% slack
         share = HYP['confirm']  # the confirming test's share of the time; the release plans with the rest
         if share:  # the confirming test's step: one forward-backward, no refinement (a little over its cost)
             n_c, steps_c = _plan(sign_s, share * left, num_classes, len(h_all), max_steps=HYP['confirm_steps'])
             left *= 1 - share
-        refine = HYP['refine']
-        if refine and not _floor_fits(*costs(refine), left, num_classes, len(h_all)):
-            refine = 0.0  # even the ladder's last rung overshoots with the refinement: every class goes without it
-        step_s, score_s = costs(refine)
+        settings = _settings()  # every class runs the first whose last rung fits, else the cheapest
+        refine, core = next((r_c for r_c in settings if _floor_fits(*costs(*r_c), left, num_classes, len(h_all))), settings[-1])
+        step_s, score_s = costs(refine, core)
         contrasted = _contrasted()
         if contrasted:  # two passes, each planned with half the time; below contrast_plan both would starve
             n, steps = _plan(step_s, left / 2, num_classes, len(h_all), score_s)
@@ -973,7 +984,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             runs, spikes = [], None
             for j, (area, pass_bounds) in enumerate(passes):
                 end = t0 + (release_end - t0) * (k * len(passes) + j + 1) / legs
-                stats, landed, cut = _every_class(split, h0, l0, num_classes, chunk, steps, end, pass_bounds, area, refine)
+                stats, landed, cut = _every_class(split, h0, l0, num_classes, chunk, steps, end, pass_bounds, area, refine, core)
                 far = _landing_factors(landed, feats, y, num_classes) if transfer else [1.0] * num_classes
                 runs.append((stats, far, core_factors(stats, cut)))
                 if j == 0 and transfer:  # the patch pass
@@ -1025,6 +1036,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'draw': middle,                          # the draw whose statistics the fields above report
         'images': int(len(h0)), 'steps': steps, 'draws': draws, 'data_free': data_free,
         'refine': refine,                        # the refinement's share of the steps this call ran (0: HYP['refine'] did not fit)
+        'core_power': core,                      # the core factor's exponent this call ran (0: its cut did not fit either; _settings)
         'seconds': time.monotonic() - start, 'device': str(device),
     }
 
@@ -1063,14 +1075,14 @@ def _chunks(num_classes, chunk, end):
         yield list(range(c, min(num_classes, c + chunk))), t0 + (end - t0) * (i + 1) / len(firsts)
 
 
-def _every_class(split, h0, labels, num_classes, chunk, steps, end, bounds, area, refine):
+def _every_class(split, h0, labels, num_classes, chunk, steps, end, bounds, area, refine, core):
     """Statistics of all classes, `chunk` classes at a time, and where each class's direction lands
     (a list of (chunk, F) tensors; None entries for the 'margin' statistic), and the statistics under the
-    cut direction (a list; None unless _cuts(area, refine), see _transfer). Each chunk stops at its mark
-    (_chunks). refine: the refinement's share of the steps."""
+    cut direction (a list; None unless _cuts(area, refine, core), see _transfer). Each chunk stops at its
+    mark (_chunks). refine: the refinement's share of the steps; core: the core factor's exponent."""
     stats, landed, cut = [], [], []
     for classes, mark in _chunks(num_classes, chunk, end):
-        s, where, c_cut = _class_statistics(split, h0, labels, classes, steps, mark, bounds, area, refine)
+        s, where, c_cut = _class_statistics(split, h0, labels, classes, steps, mark, bounds, area, refine, core)
         stats += s
         landed.append(where)
         cut = None if c_cut is None or cut is None else cut + c_cut

@@ -104,6 +104,7 @@ def rescore(rec, reduce='mean', sets=()):
     k = rec['num_classes']
     with restoring(solution) as settings:
         settings.update(hyp)  # the recording's settings (landing, null, log, contrast_power, ...)
+        settings['core'] = rec['evidence'].get('core_power', settings['core'])  # the exponent the call ran (0: no cut fitted)
         override(solution, sets)
         # the cut is scored where solution scores it: core on, no refinement (refined, the factor is 1);
         # the refinement the call ran (0 where it did not fit), else (a record from before) the setting

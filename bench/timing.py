@@ -7,8 +7,9 @@ detect() takes depends on the model's shape and the machine, not on how well it 
 written as contest samples under cache/timing, then detect() is called once to warm up and `runs`
 times measured, on the CPU and on CUDA when present. Prints the hardware, median, max, the margin
 left under the contest's 60 s, the plan (images x steps per class), the passes it ran ('both': the
-patch pass and the contrast's dense pass; 'patch': the plan was too small for two) and whether the
-classes' directions were refined ('no': even the plan's last rung did not fit with the refinement).
+patch pass and the contrast's dense pass; 'patch': the plan was too small for two) and the setting
+every class ran (solution._settings): 'refined' (the release's), 'cut' (the plan's last rung did not fit
+with the refinement; unrefined, the core factor's cut scored) or 'plain' (not even with the cut).
 """
 import argparse
 import os
@@ -72,6 +73,12 @@ def _passes(ev):
     return 'patch' if ev['per_class_contrast'] is None else 'both'
 
 
+def _setting(ev):
+    """The setting every class ran (solution._settings): 'refined', 'cut' (unrefined, the core factor's
+    cut scored) or 'plain' (neither)."""
+    return 'refined' if ev['refine'] else 'cut' if ev['core_power'] else 'plain'
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--runs', type=int, default=3, help='measured calls per model after one warm-up (default 3)')
@@ -87,7 +94,7 @@ def main(argv=None):
           + (f', CUDA {torch.cuda.get_device_name()}' if torch.cuda.is_available() else ', no CUDA'))
     print(f'detect() budget {solution.HYP["budget_s"]:.0f} s; contest limit {CONTEST_LIMIT_S:.0f} s; '
           f'width {args.width}; {args.size} px; {args.runs} runs after a warm-up')
-    print(f'{"device":<7} {"classes":>7} {"model":<8} {"median_s":>9} {"max_s":>7} {"margin_s":>9} {"images":>6} {"steps":>5} {"passes":>6} {"refined":>7}')
+    print(f'{"device":<7} {"classes":>7} {"model":<8} {"median_s":>9} {"max_s":>7} {"margin_s":>9} {"images":>6} {"steps":>5} {"passes":>6} {"setting":>7}')
     for k in args.classes:
         for attack in (False, True):
             kind = 'badnets' if attack else 'clean'
@@ -96,7 +103,7 @@ def main(argv=None):
             for device in devices:
                 secs, ev = time_detect(s, device, args.runs)
                 print(f'{device:<7} {k:>7} {kind:<8} {statistics.median(secs):>9.1f} {max(secs):>7.1f} '
-                      f'{CONTEST_LIMIT_S - max(secs):>9.1f} {ev["images"]:>6} {ev["steps"]:>5} {_passes(ev):>6} {"yes" if ev["refine"] else "no":>7}', flush=True)
+                      f'{CONTEST_LIMIT_S - max(secs):>9.1f} {ev["images"]:>6} {ev["steps"]:>5} {_passes(ev):>6} {_setting(ev):>7}', flush=True)
 
 
 if __name__ == '__main__':

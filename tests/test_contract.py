@@ -150,9 +150,9 @@ def test_a_chunk_that_overruns_cannot_starve_the_later_ones(toy_model, image_fol
     seen = []
     real = solution._class_statistics
 
-    def overrunning(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None):
+    def overrunning(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None, core=None):
         seen.append((clock[0], deadline))
-        out = real(split, h0, labels, classes, 1, float('inf'), bounds, area, refine)
+        out = real(split, h0, labels, classes, 1, float('inf'), bounds, area, refine, core)
         clock[0] = deadline + 0.01  # ran slightly past its deadline, as the guard allows
         return out
 
@@ -175,9 +175,9 @@ def test_the_contrast_runs_a_patch_pass_then_a_dense_pass_inside_one_budget(toy_
     seen = []
     real = solution._class_statistics
 
-    def overrunning(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None):
+    def overrunning(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None, core=None):
         seen.append((deadline, area, bounds is None))
-        out = real(split, h0, labels, classes, 1, float('inf'), bounds, area, refine)
+        out = real(split, h0, labels, classes, 1, float('inf'), bounds, area, refine, core)
         clock[0] = deadline + 0.01  # every chunk runs to its deadline
         return out
 
@@ -236,9 +236,9 @@ def test_when_two_passes_would_starve_the_patch_pass_runs_alone_with_the_whole_b
     areas = []
     real = solution._class_statistics
 
-    def recording(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None):
+    def recording(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None, core=None):
         areas.append(area)
-        return real(split, h0, labels, classes, steps, deadline, bounds, area, refine)
+        return real(split, h0, labels, classes, steps, deadline, bounds, area, refine, core)
 
     monkeypatch.setattr(solution, '_class_statistics', recording)
     e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
@@ -265,12 +265,13 @@ def test_the_plan_pays_for_scoring_each_direction_after_the_steps():
     assert (n, steps) != (30, 25) and n * (steps * step + 0.04) * k <= seconds
 
 
-@pytest.mark.parametrize('refine', [0.0, 1.0])
-def test_the_planned_scoring_is_the_scoring_the_passes_run(toy_model, image_folder, fast, monkeypatch, refine):
+@pytest.mark.parametrize('refine, core', [(0.0, 0.5), (1.0, 0.5), (0.0, 0.0)])
+def test_the_planned_scoring_is_the_scoring_the_passes_run(toy_model, image_folder, fast, monkeypatch, refine, core):
     """_scorings(area), which the plan charges per image and class, is the number of forward passes each
     image makes per class after a pass's steps, patch pass (core factor on and no refinement: the cut
     direction too) and dense pass alike."""
     monkeypatch.setitem(solution.HYP, 'refine', refine)
+    monkeypatch.setitem(solution.HYP, 'core', core)
     monkeypatch.setitem(solution.HYP, 'contrast', True)
     monkeypatch.setitem(solution.HYP, 'contrast_plan', 1)
     rows, inside = [], [False]
@@ -294,7 +295,7 @@ def test_the_planned_scoring_is_the_scoring_the_passes_run(toy_model, image_fold
     assert {area for area, _, _ in rows} == {solution.HYP['area'], 0.0}  # both passes scored
     for area, images_x_classes, forwards in rows:
         assert forwards == images_x_classes * solution._scorings(area, refine)
-    cuts = 1 if refine else 2  # the cut direction, patch pass only, when not refined
+    cuts = 1 if refine or not core else 2  # the cut direction, patch pass only, with the core factor and no refinement
     assert solution._scorings(solution.HYP['area'], refine) == cuts * solution._scorings(0.0, refine)
 
 
@@ -317,13 +318,16 @@ def test_the_plan_charges_the_refinement_steps_and_refine_is_checked(toy_model, 
             solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
 
 
-@pytest.mark.parametrize('probe, refined', [((1.0, 0.1), True), ((5.0, 0.1), False)])
-def test_where_the_last_rung_overshoots_with_the_refinement_every_class_goes_without_it(
-        toy_model, image_folder, fast, monkeypatch, probe, refined):
-    """With 10 classes, 2 x 2 per class and 420 s planned (0.7 of the 600 s budget): a probe of 1 s a
-    step affords the last rung refined (2 x (2 x 3 s + 0.2 s) x 10 = 124 s), one of 5 s does not (604 s)
-    but affords it unrefined (2 x (2 x 5 s + 0.4 s) x 10 = 208 s). Unrefined, no class's direction is
-    refined, the plan is charged the unrefined costs, and the patch pass scores the cut instead."""
+@pytest.mark.parametrize('probe, setting', [((1.0, 0.1), 'refined'), ((5.0, 0.1), 'cut'), ((5.0, 3.0), 'plain'),
+                                            ((30.0, 3.0), 'plain')])
+def test_where_the_last_rung_overshoots_every_class_runs_the_next_cheaper_setting(
+        toy_model, image_folder, fast, monkeypatch, probe, setting):
+    """With 10 classes, 2 x 2 per class and 420 s planned (0.7 of the 600 s budget), (step, forward)
+    seconds per image: (1, 0.1) affords the last rung refined (2 x (2 x 3 + 2 x 0.1) x 10 = 124 s);
+    (5, 0.1) does not (604 s) but affords it unrefined with the core factor's cut scored (2 x (2 x 5 +
+    4 x 0.1) x 10 = 208 s); (5, 3) affords neither (720, 440 s) but affords it without the cut (320 s);
+    (30, 3) affords nothing and runs the cheapest. Each class runs that setting, and the plan is
+    charged its costs."""
     steps_seen, plans, cuts = [], [], []
     real_refine, real_transfer = solution._refine, solution._transfer
 
@@ -337,7 +341,7 @@ def test_where_the_last_rung_overshoots_with_the_refinement_every_class_goes_wit
         return out
 
     def plan(step_seconds, seconds, num_classes, n_images, score_seconds=0.0):
-        plans.append(step_seconds)
+        plans.append((step_seconds, score_seconds))
         return 2, 2
     monkeypatch.setattr(solution, '_refine', refine)
     monkeypatch.setattr(solution, '_transfer', transfer)
@@ -345,9 +349,13 @@ def test_where_the_last_rung_overshoots_with_the_refinement_every_class_goes_wit
     monkeypatch.setattr(solution, '_step_seconds', lambda *a: probe)
     monkeypatch.setitem(solution.HYP, 'refine', 1.0)
     monkeypatch.setitem(solution.HYP, 'core', 0.5)
+    monkeypatch.setitem(solution.HYP, 'min_steps', 2)  # the last rung, 2 x 2
     monkeypatch.setitem(solution.HYP, 'contrast', False)
     ev = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
-    assert ev['refine'] == (1.0 if refined else 0.0)
+    refined, cut = setting == 'refined', setting == 'cut'
+    assert (ev['refine'], ev['core_power']) == (1.0 if refined else 0.0, 0.0 if setting == 'plain' else 0.5)
     assert steps_seen and all((s > 0) == refined for s in steps_seen)
-    assert plans[0] == pytest.approx(probe[0] * (1 + len(solution.HYP['alphas']) if refined else 1))
-    assert cuts and all(c != refined for c in cuts)  # the core factor on: the cut is scored exactly when unrefined
+    alphas = len(solution.HYP['alphas'])
+    assert plans[0] == pytest.approx((probe[0] * (1 + alphas if refined else 1), probe[1] * alphas * (2 if cut else 1)))
+    assert cuts and all(c == cut for c in cuts)  # the core factor on: its cut is scored in the 'cut' setting only
+    assert cut or all(f == 1.0 for f in ev['core'])

@@ -113,6 +113,24 @@ def test_a_record_without_cut_margins_refuses_the_core_factor(toy_model, image_f
         record.rescore(rec, 'mean', ['core=0.5'])
 
 
+def test_a_call_that_ran_without_the_cut_rescores_as_it_ran(toy_model, image_folder, fast, monkeypatch):
+    """Where even the unrefined last rung overshoots with the core factor's cut, the call runs without
+    it (solution._settings, 'core_power' 0) although HYP['core'] is on: its record holds no cut margins,
+    and rescoring it at its own settings reproduces the call instead of refusing it."""
+    monkeypatch.setitem(solution.HYP, 'refine', 1.0)
+    monkeypatch.setitem(solution.HYP, 'core', 0.5)
+    monkeypatch.setitem(solution.HYP, 'min_steps', 2)
+    monkeypatch.setattr(solution, '_step_seconds', lambda *a: (5.0, 3.0))  # only the cheapest setting fits (test_contract)
+    rec = record.record(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert (rec['evidence']['refine'], rec['evidence']['core_power']) == (0.0, 0.0)
+    assert all(c is None for call in rec['passes'][0]['calls'] for c in call['cut'])
+    p, target, finals = record.rescore(rec)
+    assert math.isclose(p, rec['evidence']['p_value'], rel_tol=1e-5, abs_tol=1e-12)
+    assert finals[0] == pytest.approx(rec['evidence']['per_class'], rel=1e-5)
+    with pytest.raises(ValueError, match='cut margins'):
+        record.rescore(rec, 'mean', ['core=0.5'])
+
+
 def test_a_refined_record_rescores_with_the_core_factor_on_as_one(toy_model, image_folder, fast, monkeypatch):
     """Refined, no cut is scored (solution._cuts): the record holds none, and rescoring it with the core
     factor on reproduces the call, whose factors are all 1."""

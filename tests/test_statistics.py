@@ -325,7 +325,7 @@ def _count_transfers(monkeypatch):
     """Replace _transfer by a recorder: the i-th call returns statistics i + 1 and landing points i + 1."""
     calls = []
 
-    def fake(split, h0, delta, target, area=0.0, refine=0):
+    def fake(split, h0, delta, target, area=0.0, refine=0, core=None):
         calls.append(delta.abs().sum().item())
         k = len(delta) // len(h0)
         return torch.full((k,), float(len(calls))), torch.full((k, 3), float(len(calls))), None

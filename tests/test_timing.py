@@ -20,4 +20,4 @@ def test_timing_prints_each_model_with_its_plan_and_passes(tmp_path, capsys, mon
     assert [r[2] for r in rows] == ['clean', 'badnets'] and all(r[1] == '3' for r in rows)
     assert all(r[-2] == ('both' if contrast else 'patch') for r in rows)
     assert all(int(r[-4]) >= 1 and int(r[-3]) >= solution.HYP['min_steps'] for r in rows)  # images, steps
-    assert all(r[-1] in ('yes', 'no') for r in rows)  # refined
+    assert all(r[-1] in ('refined', 'cut', 'plain') for r in rows)  # the setting (solution._settings)
