@@ -16,7 +16,8 @@ over the images not labelled with the class), 'median_other' (their median). Wit
 written in bench.evaluate's format, for bench.compare. --set changes a setting that acts after the
 margins (RESCORABLE: the factors' exponents, the log, the null, the spike test); one recording with the core factor on
 and the refinement off holds the cut margins, so it rescores at any exponent, 0 included (with the
-refinement on, no cut is scored: the factor is 1 at any exponent). Settings that change more (steps,
+refinement on, no cut is scored: the factor is 1 at any exponent; a call that ran without the cut,
+evidence 'core_power' 0, rescores at 0 only). Settings that change more (steps,
 images, area, ...) need a new recording: pass them with --set when recording.
 """
 import argparse

@@ -265,9 +265,10 @@ def test_the_plan_shortens_the_steps_before_it_drops_below_plan_images(monkeypat
     monkeypatch.setitem(solution.HYP, 'images', 30)
     monkeypatch.setitem(solution.HYP, 'steps', 25)
     monkeypatch.setitem(solution.HYP, 'min_steps', 2)
-    got = [solution._plan(1.0, per_class * 10, 10, n_images) for per_class, n_images in ((100, 200), (30, 200), (10, 200), (100, 6))]
+    budgets = ((100, 200), (30, 200), (10, 200), (100, 6))  # (seconds per class, images in the folder)
+    got = [solution._plan(1.0, per_class * 10, 10, n_images) for per_class, n_images in budgets]
     assert got == plans
-    assert all(n * steps <= per_class for (n, steps), per_class in zip(got, (100, 30, 10, 100)))
+    assert all(n * steps <= per_class for (n, steps), (per_class, _) in zip(got, budgets))
 
 
 def test_the_plan_pays_for_scoring_each_direction_after_the_steps():
