@@ -1,3 +1,4 @@
+import contextlib
 import os
 import sys
 
@@ -58,8 +59,22 @@ def fast(monkeypatch):
 
 @pytest.fixture(scope='session')
 def smoke_zoo(tmp_path_factory):
-    """The smoke preset (a clean and a BadNets model, tiny), built once per test run; read-only."""
+    """The smoke preset (a clean and a BadNets model, tiny), built once per test run at one torch thread
+    (so a worker process at one thread builds the same bits without oversubscribing the cores); read-only."""
     from bench import zoo
     root = tmp_path_factory.mktemp('smoke-zoo')
-    zoo.build_zoo('smoke', str(root), log=lambda m: None)
+    with one_torch_thread():
+        zoo.build_zoo('smoke', str(root), log=lambda m: None)
     return str(root)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run the block at one torch thread (the smoke zoo's: a model is bitwise the same only at the same
+    threads), then restore the caller's."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bench import attacks, samples, zoo
+from conftest import one_torch_thread
 
 
 def test_presets_name_known_attacks_and_unique_models():
@@ -78,7 +79,8 @@ def test_built_models_are_reused_deterministic_and_get_missing_defence_inputs(sm
     assert (folder / 'defence_inputs' / 'triggered' / trig_before[0]).read_bytes() == first
 
     other = tmp_path / 'again'
-    zoo.build_zoo('smoke', str(other), match='clean', log=lambda m: None)  # same seed, same weights
+    with one_torch_thread():  # same seed and threads, same weights
+        zoo.build_zoo('smoke', str(other), match='clean', log=lambda m: None)
     name = next(r['name'] for r in index if r['attack'] == 'clean')
     a = samples.read(os.path.join(smoke_zoo, name)).state_dict
     b = samples.read(str(other / name)).state_dict
@@ -123,9 +125,10 @@ def test_list_prints_only_the_models_match_keeps(capsys):
 
 
 def test_worker_processes_build_the_same_models(smoke_zoo, tmp_path):
-    # at the same torch threads per process, a model trained in a worker is the one trained in-process
+    # at the same torch threads per process (one: smoke_zoo's), a model trained in a worker is the one
+    # trained in-process
     lines = []
-    zoo.build_zoo('smoke', str(tmp_path), log=lines.append, jobs=2, threads=torch.get_num_threads())
+    zoo.build_zoo('smoke', str(tmp_path), log=lines.append, jobs=2, threads=1)
     index = [json.loads(line) for line in open(tmp_path / 'zoo.jsonl')]
     assert sorted(r['name'] for r in index) == sorted(s['name'] for s in zoo.PRESETS['smoke']())
     assert sum(line.startswith(tuple(r['name'] + ':' for r in index)) for line in lines) == len(index)
