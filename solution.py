@@ -101,8 +101,8 @@ Time: detect() keeps a wall-clock budget (HYP['budget_s'], 40 s) on any hardware
 optimisation step and one forward pass, then picks the number of images and steps from a fixed ladder
 so that the whole run (both passes, each given half of the time, the steps and the scoring of each
 class's direction after them) fits; on a GPU the full setting fits easily, on a 2-core CPU it is
-scaled down: fewer steps first while HYP['plan_images'] (8) images still fit, then fewer images
-(_plan). Where half the time would leave each pass a plan of fewer than
+scaled down: fewer steps first while HYP['plan_images'] (8) images still fit, then 4 images at any
+steps, then 2 (_plan). Where half the time would leave each pass a plan of fewer than
 HYP['contrast_plan'] images x steps per class (full-width 100-class or 64 px models on a 2-core CPU),
 the patch pass runs alone with all of it, as with the contrast off. With HYP['confirm'], that share
 of the time is planned for the confirming test (its own images x steps from the same ladder) and the
@@ -151,7 +151,7 @@ HYP = {
     'draws': 1,              # image draws; d > 1 only where each still gets the top rung (_draws), p = the median draw's
     'steps': 25,             # optimisation steps per class, at most
     'min_steps': 2,          # never fewer steps than this (the budget guard may still stop early)
-    'plan_images': 8,        # the plan tries every step share with at least this many images before any with fewer (0: steps first)
+    'plan_images': 8,        # the plan tries every step share with at least this many images before any with fewer, then image count by image count (0: steps first)
     'probe_images': 64,      # images in the timing probe of the plan, at most
     'split': 1,              # stages run before the free variable: conv1 only (the seed: 2, conv1 + layer1[0])
     'mode': 'free',          # 'free': one variable per image (seed); 'universal': one bounded shift per class
@@ -765,15 +765,17 @@ def _plan(step_seconds, seconds, num_classes, n_images, score_seconds=0.0, max_s
     """Images and steps per class that fit `seconds`, from a fixed ladder (coarse, so a run repeats): each
     image costs `step_seconds` per step and `score_seconds` once, after the steps (_scorings). The
     ladder's top is HYP['steps'] steps, or `max_steps`. It goes down the steps before the images, but
-    tries every step count with HYP['plan_images'] images or more before any rung with fewer: a draw of
+    tries every step count with HYP['plan_images'] images or more before any rung with fewer, and below
+    that every step count with one image count before any with fewer (4 x 2 before 2 x 6): a draw of
     n class-balanced images gives n classes an image that starts ahead, so with 2 or 4 images of 10
-    or more classes those few classes stand out (RESULTS.md, More images before more steps)."""
+    or more classes those few classes stand out (RESULTS.md, More images before more steps; Four
+    images before two)."""
     n_max = min(HYP['images'], n_images)
     per_class = seconds / num_classes
     top = HYP['steps'] if max_steps is None else max_steps
     sizes = [n for n in (n_max, 12, 8, 4, 2) if n <= n_max]
     first = min(HYP['plan_images'], n_max)  # every step share with at least this many (or all there are) before fewer
-    for group in ([n for n in sizes if n >= first], [n for n in sizes if n < first]):
+    for group in [[n for n in sizes if n >= first]] + [[n] for n in sizes if n < first]:
         for share in (1, 0.6, 0.4, 0.25, 0.1, 0.05):
             steps = max(HYP['min_steps'], round(share * top))
             for n in group:

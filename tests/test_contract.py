@@ -255,17 +255,19 @@ def test_when_two_passes_would_starve_the_patch_pass_runs_alone_with_the_whole_b
     assert len(e['per_class_dense']) == 10
 
 
-@pytest.mark.parametrize('first, plans', [(8, [(8, 10), (12, 2), (4, 2), (6, 15)]), (0, [(4, 25), (2, 15), (4, 2), (4, 25)])])
+@pytest.mark.parametrize('first, plans', [(8, [(8, 10), (12, 2), (4, 2), (4, 2), (6, 15)]),
+                                          (0, [(4, 25), (2, 15), (2, 6), (4, 2), (4, 25)])])
 def test_the_plan_shortens_the_steps_before_it_drops_below_plan_images(monkeypatch, first, plans):
     """1 s a step, no scoring, 10 classes. With HYP['plan_images'] 8 the ladder tries every step count
-    with 8 or more images before any rung with fewer: 100 s a class gives 8 x 10, not 4 x 25; 30 s
-    gives 12 x 2, not 2 x 15; at 10 s no rung of 8 fits and 4 x 2 does; a folder of 6 images counts
-    6 as enough (6 x 15). With 0, the old order: steps first, images down to 2."""
+    with 8 or more images before any rung with fewer, then every step count with 4 before any with 2:
+    100 s a class gives 8 x 10, not 4 x 25; 30 s gives 12 x 2, not 2 x 15; at 12 s no rung of 8 fits
+    and 4 x 2 does, not 2 x 6; a folder of 6 images counts 6 as enough (6 x 15). With 0, the old
+    order: steps first, images down to 2."""
     monkeypatch.setitem(solution.HYP, 'plan_images', first)
     monkeypatch.setitem(solution.HYP, 'images', 30)
     monkeypatch.setitem(solution.HYP, 'steps', 25)
     monkeypatch.setitem(solution.HYP, 'min_steps', 2)
-    budgets = ((100, 200), (30, 200), (10, 200), (100, 6))  # (seconds per class, images in the folder)
+    budgets = ((100, 200), (30, 200), (12, 200), (10, 200), (100, 6))  # (seconds per class, images in the folder)
     got = [solution._plan(1.0, per_class * 10, 10, n_images) for per_class, n_images in budgets]
     assert got == plans
     assert all(n * steps <= per_class for (n, steps), (per_class, _) in zip(got, budgets))
