@@ -4,8 +4,10 @@
 
 DIR is a zoo written by bench.zoo, the official public evaluation set as downloaded, or any folder of
 samples in the contest format (bench/samples.py). Each sample is loaded safely and handed to the
-detector exactly as the grader would (model on CUDA when there is one). One row per model, then a
-summary; the last line reads `accuracy A auroc U fpr F fnr N mean_s S max_s M n K`.
+detector exactly as the grader would (model on CUDA when there is one). One row per model, with the
+plan solution ran (images x steps per class: on a CPU it follows the measured speed, so two runs an
+hour apart can plan, and decide, differently), then a summary that counts the plans; the last line
+reads `accuracy A auroc U fpr F fnr N mean_s S max_s M n K`.
 """
 import argparse
 import json
@@ -178,6 +180,10 @@ def summarise(rows, by_split=True):
     # of the backdoored models flagged, those whose suspected target is the true one
     hits = [r for r in pos if r['verdict'] == 0 and r['true_target'] is not None]
     at_target = sum(r['target'] == r['true_target'] for r in hits)
+    plans = {}  # how many counted models ran each plan: on a CPU the plan follows the hour's speed
+    for r in main:
+        if r.get('plan'):
+            plans[r['plan']] = plans.get(r['plan'], 0) + 1
     return {
         'n': len(main), 'right': len(correct), 'accuracy': len(correct) / len(main) if main else float('nan'),
         'accuracy_ci': wilson(len(correct), len(main)),  # its 95% interval: the spread n models allow
@@ -189,6 +195,7 @@ def summarise(rows, by_split=True):
         'errors': len(rows) - len(done),
         'target_hit': at_target / len(hits) if hits else float('nan'),
         'target_found': (at_target, len(hits)),  # the counts behind target_hit
+        'plans': dict(sorted(plans.items(), key=lambda kv: -kv[1])),
         'splits': ({k: summarise(rs, by_split=False) for k, rs in sorted(groups('split', rows).items()) if k}
                    if by_split else {}),
     }
@@ -197,7 +204,7 @@ def summarise(rows, by_split=True):
 # Printing, JSON, plot
 
 NAME_W, DATA_W = 44, 12  # the zoo's longest names, whole (synthetic100 and synthetic10 must differ)
-COLUMNS = f'{{:<{NAME_W}}} {{:<{DATA_W}}} {{:<12}} {{:>5}} {{:>10}} {{:>9}} {{:>7}} {{:>7}} {{:>8}}'
+COLUMNS = f'{{:<{NAME_W}}} {{:<{DATA_W}}} {{:<12}} {{:>5}} {{:>10}} {{:>9}} {{:>7}} {{:>7}} {{:>7}} {{:>8}}'
 
 
 def fmt_row(r):
@@ -210,12 +217,12 @@ def fmt_row(r):
     p = f'{r["p_value"]:.2e}' if r['p_value'] is not None else '-'
     stat = f'{r["statistic"]:.3g}' if r['statistic'] is not None else '-'
     return COLUMNS.format(r['name'][:NAME_W], str(r['data'])[:DATA_W], str(r['attack'])[:12], truth, stat, p,
-                          verdict + mark, f'{r["seconds"]:.1f}', f'{r["peak_mib"]:.0f}') + weak
+                          verdict + mark, r.get('plan') or '-', f'{r["seconds"]:.1f}', f'{r["peak_mib"]:.0f}') + weak
 
 
 def print_summary(s, out=None):
     out = out or sys.stdout
-    print('-' * len(COLUMNS.format(*[''] * 9)), file=out)
+    print('-' * len(COLUMNS.format(*[''] * 10)), file=out)
     for a, v in s['per_attack'].items():
         what = 'false positives' if a == 'clean' else 'detected'
         print(f'  {a:<14} n {v["n"]:>3}  {what} {100 * v["flagged"]:5.1f}%', file=out)
@@ -226,6 +233,9 @@ def print_summary(s, out=None):
               f'detected {100 * s["weak"]["flagged"]:.1f}%', file=out)
     if s['errors']:
         print(f'  samples that failed to load: {s["errors"]}', file=out)
+    if s.get('plans'):
+        print('  plans (images x steps per class: models)  '
+              + ', '.join(f'{plan}: {n}' for plan, n in s['plans'].items()), file=out)
     for name, v in s['splits'].items():
         print(f'  split {name:<8} n {v["n"]:>3}  accuracy {v["accuracy"]:.3f} auroc {v["auroc"]:.3f} fpr {v["fpr"]:.3f} '
               f'fnr {v["fnr"]:.3f}  weak detected {v["weak"]["flagged"]:.3f} of {v["weak"]["n"]}', file=out)
@@ -297,7 +307,8 @@ def main(argv=None):
     index = read_index(args.root)
     print(f'{args.detector} {" ".join(args.set)} on {len(folders)} samples in {args.root} '
           f'({"cuda " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}, torch {torch.__version__})')
-    print(COLUMNS.format('model', 'data', 'attack', 'truth', 'statistic', 'p-value', 'verdict', 'seconds', 'peak_MiB'))
+    print(COLUMNS.format('model', 'data', 'attack', 'truth', 'statistic', 'p-value', 'verdict', 'plan', 'seconds',
+                         'peak_MiB'))
     with restoring(detector):  # the --set settings hold for this run only, not for later callers
         override(detector, args.set)
         rows = []

@@ -52,6 +52,13 @@ def test_evaluator_runs_reports_errors_and_ends_with_the_summary_line(tmp_path, 
     saved = json.loads(out.read_text())
     assert {r['name'] for r in saved['rows']} == {'m-clean', 'm-bd', 'm-broken'}
     assert (tmp_path / 'res.png').exists()
+    # each row names the plan its call ran (images x steps per class), and the summary counts them
+    ran = [r for r in saved['rows'] if r['error'] is None]
+    assert all(re.fullmatch(r'\d+x\d+', r['plan']) for r in ran)
+    assert all(any(line.startswith(r['name'] + ' ') and f' {r["plan"]} ' in line for line in printed) for r in ran)
+    plans = next(line for line in printed if line.strip().startswith('plans'))
+    assert all(f'{plan}: {n}' in plans for plan, n in summary['plans'].items())
+    assert sum(summary['plans'].values()) == 2 and set(summary['plans']) == {r['plan'] for r in ran}
 
 
 def test_unknown_setting_is_refused(tmp_path):
