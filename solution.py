@@ -773,7 +773,7 @@ def _plan(step_seconds, seconds, num_classes, n_images, score_seconds=0.0, max_s
     n_max = min(HYP['images'], n_images)
     per_class = seconds / num_classes
     top = HYP['steps'] if max_steps is None else max_steps
-    sizes = [n for n in (n_max, 12, 8, 4, 2) if n <= n_max]
+    sizes = sorted({n for n in (n_max, 12, 8, 4, 2) if n <= n_max}, reverse=True)  # each once (n_max may be 12)
     first = min(HYP['plan_images'], n_max)  # every step share with at least this many (or all there are) before fewer
     for group in [[n for n in sizes if n >= first]] + [[n] for n in sizes if n < first]:
         for share in (1, 0.6, 0.4, 0.25, 0.1, 0.05):

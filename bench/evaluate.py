@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import time
+from collections import Counter
 
 import torch
 
@@ -180,10 +181,7 @@ def summarise(rows, by_split=True):
     # of the backdoored models flagged, those whose suspected target is the true one
     hits = [r for r in pos if r['verdict'] == 0 and r['true_target'] is not None]
     at_target = sum(r['target'] == r['true_target'] for r in hits)
-    plans = {}  # how many counted models ran each plan: on a CPU the plan follows the hour's speed
-    for r in main:
-        if r.get('plan'):
-            plans[r['plan']] = plans.get(r['plan'], 0) + 1
+    plans = Counter(r['plan'] for r in main if r.get('plan'))  # on a CPU the plan follows the hour's speed
     return {
         'n': len(main), 'right': len(correct), 'accuracy': len(correct) / len(main) if main else float('nan'),
         'accuracy_ci': wilson(len(correct), len(main)),  # its 95% interval: the spread n models allow
@@ -195,7 +193,7 @@ def summarise(rows, by_split=True):
         'errors': len(rows) - len(done),
         'target_hit': at_target / len(hits) if hits else float('nan'),
         'target_found': (at_target, len(hits)),  # the counts behind target_hit
-        'plans': dict(sorted(plans.items(), key=lambda kv: -kv[1])),
+        'plans': dict(plans.most_common()),  # models per plan, the most common first
         'splits': ({k: summarise(rs, by_split=False) for k, rs in sorted(groups('split', rows).items()) if k}
                    if by_split else {}),
     }
