@@ -49,12 +49,27 @@ def toy_model():
 FAST = dict(budget_s=600.0, draws=1, steps=6, min_steps=6, images=6)
 
 
+# Fewer still, for tests of how inputs are read and the call is made: 4 x 2 is under
+# HYP['contrast_plan'], so the patch pass runs alone, at about a quarter of FAST's cost.
+TINY = dict(FAST, steps=2, min_steps=2, images=4)
+
+
+def _set_hyp(monkeypatch, values):
+    import solution
+    for key, value in values.items():
+        monkeypatch.setitem(solution.HYP, key, value)
+
+
 @pytest.fixture
 def fast(monkeypatch):
     """solution.HYP at FAST for one test."""
-    import solution
-    for key, value in FAST.items():
-        monkeypatch.setitem(solution.HYP, key, value)
+    _set_hyp(monkeypatch, FAST)
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """solution.HYP at TINY for one test."""
+    _set_hyp(monkeypatch, TINY)
 
 
 @pytest.fixture(scope='session')

@@ -11,7 +11,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 import solution
-from conftest import CIFAR_LIKE, write_images
+from conftest import CIFAR_LIKE, TINY, write_images
 from model_arch import PreActResNet18
 
 
@@ -142,7 +142,7 @@ def test_exact_null_judges_the_same_statistics(toy_model, image_folder, fast, mo
         solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
 
 
-def test_skips_hidden_non_image_subfolders_and_corrupt_files(toy_model, tmp_path, fast):
+def test_skips_hidden_non_image_subfolders_and_corrupt_files(toy_model, tmp_path, tiny):
     folder = write_images(tmp_path / 'imgs', n=10)
     good = solution.evidence(toy_model, 10, folder, CIFAR_LIKE)
     os.mkdir(os.path.join(folder, 'sub.jpg'))  # a folder with an image's name
@@ -200,7 +200,7 @@ def test_two_classes_are_called_clean(image_folder, fast):
 
 # --- the model -------------------------------------------------------------------------------------
 
-def test_training_mode_half_precision_frozen_and_data_parallel_models(image_folder, fast):
+def test_training_mode_half_precision_frozen_and_data_parallel_models(image_folder, tiny):
     torch.manual_seed(0)
     base = PreActResNet18(num_classes=10, width=4).eval()
     ref = solution.evidence(base, 10, image_folder, CIFAR_LIKE)['per_class']
@@ -228,7 +228,7 @@ def test_not_a_model_is_a_type_error(image_folder):
         solution.detect(lambda x: x, 10, image_folder, CIFAR_LIKE)
 
 
-def test_called_under_no_grad_and_inference_mode(toy_model, image_folder, fast):
+def test_called_under_no_grad_and_inference_mode(toy_model, image_folder, tiny):
     with torch.no_grad():
         _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
     with torch.inference_mode():
@@ -237,7 +237,7 @@ def test_called_under_no_grad_and_inference_mode(toy_model, image_folder, fast):
 
 # --- the transformation ----------------------------------------------------------------------------
 
-def test_transform_none_bare_callable_and_no_totensor(toy_model, image_folder, fast):
+def test_transform_none_bare_callable_and_no_totensor(toy_model, image_folder, tiny):
     _ok(solution.evidence(toy_model, 10, image_folder, None))
     _ok(solution.evidence(toy_model, 10, image_folder, lambda img: TF.to_tensor(img)))
     _ok(solution.evidence(toy_model, 10, image_folder, T.Compose([T.Resize((32, 32))])))  # returns PIL images
@@ -339,10 +339,10 @@ def test_draws_run_only_where_each_still_gets_the_top_rung(monkeypatch):
     assert solution._draw_seeds(3) == [7, 8, 9]
 
 
-def test_draws_median_p_is_the_single_draws_run_apart(toy_model, image_folder, fast, monkeypatch):
+def test_draws_median_p_is_the_single_draws_run_apart(toy_model, image_folder, tiny, monkeypatch):
     monkeypatch.setitem(solution.HYP, 'draws', 3)
     ev = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
-    assert ev['draws'] == 3 and len(ev['p_draws']) == 3 and ev['images'] == 6
+    assert ev['draws'] == 3 and len(ev['p_draws']) == 3 and ev['images'] == TINY['images']
     assert ev['p_release'] == ev['p_value'] == sorted(ev['p_draws'])[1]
     assert ev['p_draws'][ev['draw']] == ev['p_value']
     monkeypatch.setitem(solution.HYP, 'draws', 1)
