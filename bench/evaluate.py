@@ -203,6 +203,8 @@ def summarise(rows, by_split=True):
 
 NAME_W, DATA_W = 44, 12  # the zoo's longest names, whole (synthetic100 and synthetic10 must differ)
 COLUMNS = f'{{:<{NAME_W}}} {{:<{DATA_W}}} {{:<12}} {{:>5}} {{:>10}} {{:>9}} {{:>7}} {{:>7}} {{:>7}} {{:>8}}'
+HEADER = COLUMNS.format('model', 'data', 'attack', 'truth', 'statistic', 'p-value', 'verdict', 'plan', 'seconds',
+                        'peak_MiB')
 
 
 def fmt_row(r):
@@ -220,7 +222,7 @@ def fmt_row(r):
 
 def print_summary(s, out=None):
     out = out or sys.stdout
-    print('-' * len(COLUMNS.format(*[''] * 10)), file=out)
+    print('-' * len(HEADER), file=out)
     for a, v in s['per_attack'].items():
         what = 'false positives' if a == 'clean' else 'detected'
         print(f'  {a:<14} n {v["n"]:>3}  {what} {100 * v["flagged"]:5.1f}%', file=out)
@@ -305,8 +307,7 @@ def main(argv=None):
     index = read_index(args.root)
     print(f'{args.detector} {" ".join(args.set)} on {len(folders)} samples in {args.root} '
           f'({"cuda " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}, torch {torch.__version__})')
-    print(COLUMNS.format('model', 'data', 'attack', 'truth', 'statistic', 'p-value', 'verdict', 'plan', 'seconds',
-                         'peak_MiB'))
+    print(HEADER)
     with restoring(detector):  # the --set settings hold for this run only, not for later callers
         override(detector, args.set)
         rows = []
