@@ -41,6 +41,19 @@ def test_real_and_full_presets_hold_out_part_of_every_data_set():
     assert max(s['data_kw'].get('num_classes', 0) for s in full) == 200
 
 
+def test_holdout_preset_is_eight_models_per_set_on_seeds_no_other_preset_uses():
+    specs = zoo.PRESETS['holdout']()
+    others = {(s['data'], s['seed']) for name, make in zoo.PRESETS.items() if name != 'holdout' for s in make()}
+    for data, first in zoo.HOLDOUT_SETS:
+        mine = [s for s in specs if s['data'] == data]
+        assert len(mine) == 8 and {s['seed'] for s in mine} == set(range(first, first + 4)), data
+        assert {s['attack'] for s in mine} == {None, 'badnets', 'blended', 'sig', 'trojannn'}, data
+        assert sorted(str(s['train_kw']) for s in mine if s['attack'] is None) == sorted(
+            ['{}', '{}', "{'adv': 'fgsm'}", "{'label_smoothing': 0.1}"]), data
+        assert all(s['seed'] >= zoo.HOLDOUT_SEED and (data, s['seed']) not in others for s in mine), data
+    assert {s['width'] for s in specs} == {16}
+
+
 def test_smoke_zoo_is_written_in_contest_format(smoke_zoo):
     index = [json.loads(line) for line in open(os.path.join(smoke_zoo, 'zoo.jsonl'))]
     assert {r['attack'] for r in index} == {'clean', 'badnets'}
