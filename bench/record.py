@@ -11,8 +11,11 @@ model (torch.save of tensors, numbers and strings; read back with weights_only=T
 Rescoring rebuilds the per-class statistics from those margins under another reduction over the images,
 then applies the release's own landing factor, contrast and p-value (solution._decide), so a change to
 the statistic can be tried on many models in seconds, paired with the run that produced the record.
-Reductions: 'mean' (the release's: rescoring reproduces the recorded p-value), 'mean_other' (the mean
-over the images not labelled with the class), 'median_other' (their median). With --json the rows are
+Reductions: 'mean' (the release's: rescoring reproduces the recorded p-value), 'median' (the median over
+all images: HYP['aggregate'] 'median'), 'mean_other' (the mean over the images not labelled with the
+class), 'median_other' (their median). A record taken with HYP['exclude_own'] or HYP['aggregate'] set
+holds margins under directions built without the class's own images, or scored by the median: it
+reproduces its p-value under 'mean_other' or 'median' ('median_other' for both). With --json the rows are
 written in bench.evaluate's format, for bench.compare. --set changes a setting that acts after the
 margins (RESCORABLE: the factors' exponents, the log, the null, the spike test); one recording with the core factor on
 and the refinement off holds the cut margins, so it rescores at any exponent, 0 included (with the
@@ -83,6 +86,7 @@ def _other(m, labels, t):
 REDUCE = {
     'mean': lambda m, labels, t: m.mean(),
     'mean_other': lambda m, labels, t: _other(m, labels, t).mean(),
+    'median': lambda m, labels, t: m.quantile(0.5),
     'median_other': lambda m, labels, t: _other(m, labels, t).quantile(0.5),
 }
 

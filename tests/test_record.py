@@ -159,6 +159,21 @@ def test_other_reductions_leave_out_the_class_images(rec):
     assert after['median_other'] == pytest.approx(base['median_other'])
 
 
+@pytest.mark.parametrize('exclude_own, aggregate, reduce', [(True, 'mean', 'mean_other'), (False, 'median', 'median'),
+                                                          (True, 'median', 'median_other')])
+def test_a_record_of_the_other_aggregates_reproduces_under_its_reduction(exclude_own, aggregate, reduce, toy_model,
+                                                                          image_folder, tiny, monkeypatch):
+    """Taken with the class's own images left out (HYP['exclude_own']) or the median over images
+    (HYP['aggregate']), a record rescores to its own p-value under the matching reduction."""
+    monkeypatch.setitem(solution.HYP, 'exclude_own', exclude_own)
+    monkeypatch.setitem(solution.HYP, 'aggregate', aggregate)
+    rec = record.record(toy_model, 10, image_folder, CIFAR_LIKE)
+    p, _, finals = record.rescore(rec, reduce)
+    assert math.isclose(p, rec['evidence']['p_value'], rel_tol=1e-5, abs_tol=1e-12)
+    assert finals[0] == pytest.approx(rec['evidence']['per_class'], rel=1e-5)
+    assert finals[0] != pytest.approx(record.rescore(rec, 'mean')[2][0], rel=1e-6)  # the release's reduction differs
+
+
 def test_records_load_without_pickled_code(rec, tmp_path):
     path = tmp_path / 'm.pt'
     rec.update(seconds=1.0, truth=1, meta={'data': 'toy', 'attack': 'clean'})

@@ -184,6 +184,41 @@ def test_leave_one_out_pushes_each_image_by_the_other_images_changes(monkeypatch
     assert torch.allclose(alone[0], h0[0].flatten() + h0[0].norm() * unit[0], atol=1e-5)
 
 
+def test_images_left_out_of_a_class_do_not_shape_its_direction_or_score(monkeypatch):
+    """keep (HYP['exclude_own']: a class's own images out): the statistic, landing point and refined
+    direction are those of the kept images alone, and change when the left-out images count."""
+    monkeypatch.setitem(solution.HYP, 'alphas', (0.5, 1.0))
+    g = torch.Generator().manual_seed(2)
+    d = 8
+    w = torch.randn(3, d, generator=g)
+    h0 = torch.randn(5, d, 1, 1, generator=g)
+    delta = torch.randn(10, d, 1, 1, generator=g)  # two classes, five images each
+    target = torch.tensor([0, 2]).repeat_interleave(5)
+    keep = torch.tensor([[True, False, True, True, False], [True, True, True, True, True]])
+    for refine in (0, 3):  # the refinement's objective sums the kept images' margins only
+        stats, landed, _ = solution._transfer(_LinearHead(w), h0, delta, target, refine=refine, keep=keep)
+        kept = keep[0]
+        alone, alone_landed, _ = solution._transfer(_LinearHead(w), h0[kept], delta[:5][kept], target[:5][kept], refine=refine)
+        assert math.isclose(stats[0], alone[0], rel_tol=1e-5)
+        assert torch.allclose(landed[0], alone_landed[0], atol=1e-5)
+        every, _, _ = solution._transfer(_LinearHead(w), h0, delta[5:], target[5:], refine=refine)
+        assert math.isclose(stats[1], every[0], rel_tol=1e-5)  # a row that keeps all is the release's
+        both, _, _ = solution._transfer(_LinearHead(w), h0, delta, target, refine=refine)
+        assert not math.isclose(stats[0], both[0], rel_tol=1e-3)  # the left-out images would have counted
+
+
+def test_own_floor_gives_every_class_a_share_of_its_own_images_margin(monkeypatch):
+    """HYP['own_floor']: S -> (1 - 1/K) S + own / K before the landing factor and the log; off, the own
+    margins enter only through own_norm."""
+    runs = [([1.0, 0.0, 2.0], [1.0, 1.0, 0.5], [1.0, 1.0, 1.0])]
+    own = [3.0, 0.0, 6.0]
+    off = solution._decide(runs, own, True)[0][0]
+    assert off == pytest.approx([math.log1p(1.0), 0.0, math.log1p(1.0)])  # own unused: own_norm is off
+    monkeypatch.setitem(solution.HYP, 'own_floor', True)
+    on = solution._decide(runs, own, True)[0][0]
+    assert on == pytest.approx([math.log1p(2 / 3 + 1), 0.0, math.log1p((4 / 3 + 2) * 0.5)])
+
+
 def test_own_margins_average_each_class_over_its_own_images():
     head = _LinearHead(torch.eye(3))  # logits = the activation itself
     h = torch.tensor([[2.0, 0, 0], [4.0, 0, 0], [0, 1.0, 0], [9.0, 0, 0], [0, 0, 9.0]]).view(5, 3, 1, 1)
@@ -325,7 +360,7 @@ def _count_transfers(monkeypatch):
     """Replace _transfer by a recorder: the i-th call returns statistics i + 1 and landing points i + 1."""
     calls = []
 
-    def fake(split, h0, delta, target, area=0.0, refine=0, core=None):
+    def fake(split, h0, delta, target, area=0.0, refine=0, core=None, keep=None):
         calls.append(delta.abs().sum().item())
         k = len(delta) // len(h0)
         return torch.full((k,), float(len(calls))), torch.full((k, 3), float(len(calls))), None
