@@ -349,9 +349,9 @@ def test_where_the_last_rung_overshoots_every_class_runs_the_next_cheaper_settin
     steps_seen, plans, cuts = [], [], []
     real_refine, real_transfer = solution._refine, solution._transfer
 
-    def refine(split, h0, u, target, area, steps):
+    def refine(split, h0, u, target, area, steps, keep=None):
         steps_seen.append(steps)
-        return real_refine(split, h0, u, target, area, steps)
+        return real_refine(split, h0, u, target, area, steps, keep)
 
     def transfer(*args):
         out = real_transfer(*args)
