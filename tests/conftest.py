@@ -3,11 +3,11 @@ import os
 import platform
 import sys
 
-# The toy models these tests train must be the same models on AVX2 and AVX-512 CPUs alike. torch (ATen), oneDNN and MKL
-# choose their kernels by the CPU's instruction set, and with AVX-512 they sum in another order, so the
-# same recipe trains another model: another draw (test_detect's BadNets model came out with its target
-# second and the confirming test at p 0.12, where on AVX2 it is first at p 3e-11). Pin all three to AVX2
-# before torch is imported; a value the caller set stands.
+# The toy models these tests train must be the same models on AVX2 and AVX-512 CPUs alike. torch (ATen),
+# oneDNN and MKL choose their kernels by the CPU's instruction set, and with AVX-512 they sum in another
+# order, so the same recipe trains another model: another draw (test_detect's BadNets model came out with
+# its target second and the confirming test at p 0.12, where on AVX2 it is first at p 3e-11). Pin all
+# three to AVX2 before torch is imported; a value the caller set stands.
 if platform.machine().lower() in ('x86_64', 'amd64'):
     for key, value in (('ATEN_CPU_CAPABILITY', 'avx2'), ('ONEDNN_MAX_CPU_ISA', 'AVX2'), ('MKL_ENABLE_INSTRUCTIONS', 'AVX2')):
         os.environ.setdefault(key, value)
