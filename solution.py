@@ -429,7 +429,7 @@ def _reduce(m, keep):
     (k, n) marks."""
     if HYP['reduce'] == 'max':
         return m.masked_fill(~keep, float('-inf')).amax(1)
-    return (m * keep).sum(1) / keep.sum(1)
+    return _over(m, keep)
 
 
 def _area():
