@@ -143,7 +143,8 @@ def _rescore_draw(rec, passes, fn, k):
         runs.append((stats, solution._landing_factors(landed, rec['feats'], rec['y'], k), solution.core_factors(stats, cut)))
         if len(runs) == 1:  # the patch pass's landing points
             spikes = solution._spikes(landed, rec['feats'])
-    finals, _, p, _, _, judged = solution._decide(runs, rec['evidence']['own_margin'], True, spikes)
+    floor = solution._when('own_floor', rec['evidence']['images'], k)  # as evidence() resolved it
+    finals, _, p, _, _, judged = solution._decide(runs, rec['evidence']['own_margin'], True, spikes, floor)
     return p, judged, finals
 
 

@@ -80,6 +80,15 @@ def test_landing_multiplies_each_class_and_is_neutral_without_labelled_images(to
     assert ev['data_free'] and ev['landing'] == [1.0] * 10
 
 
+def test_the_own_floor_reads_the_clean_images_with_the_landing_factor_off(toy_model, image_folder, tiny, monkeypatch):
+    """own_floor needs the clean images' penultimate features, which the landing factor otherwise brings."""
+    monkeypatch.setitem(solution.HYP, 'landing', 0.0)
+    monkeypatch.setitem(solution.HYP, 'exclude_own', True)
+    monkeypatch.setitem(solution.HYP, 'own_floor', True)
+    ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
+    assert all(o > 0 for o in ev['own_margin'])  # every class has images in the folder: a softplus > 0 each
+
+
 def test_core_factor_enters_the_patch_test_only(toy_model, image_folder, fast, monkeypatch):
     monkeypatch.setitem(solution.HYP, 'refine', 0.0)  # refined, the direction is one patch already (next test)
     monkeypatch.setitem(solution.HYP, 'core', 1.0)

@@ -174,6 +174,25 @@ def test_a_record_of_the_other_aggregates_reproduces_under_its_reduction(exclude
     assert finals[0] != pytest.approx(record.rescore(rec, 'mean')[2][0], rel=1e-6)  # the release's reduction differs
 
 
+@pytest.mark.parametrize('images', [4, 5])
+def test_sparse_settings_act_only_in_a_draw_of_fewer_images_than_half_the_classes(images, toy_model, image_folder, tiny,
+                                                                          monkeypatch):
+    """exclude_own and own_floor 'sparse': on in a draw of 4 images of 10 classes, off in one of 5, and
+    a record of either rescores to its own p-value (its floor resolved from the record's draw)."""
+    monkeypatch.setitem(solution.HYP, 'images', images)
+    recs = {}
+    for v in ('sparse', True, False):
+        monkeypatch.setitem(solution.HYP, 'exclude_own', v)
+        monkeypatch.setitem(solution.HYP, 'own_floor', v)
+        recs[v] = record.record(toy_model, 10, image_folder, CIFAR_LIKE)
+    on = 2 * images < 10
+    got, same, other = (recs[v]['evidence']['per_class'] for v in ('sparse', on, not on))
+    assert got == pytest.approx(same, rel=1e-6)
+    assert got != pytest.approx(other, rel=1e-3)  # the setting matters on this model and draw
+    p, _, _ = record.rescore(recs['sparse'], 'mean_other' if on else 'mean')
+    assert math.isclose(p, recs['sparse']['evidence']['p_value'], rel_tol=1e-5, abs_tol=1e-12)
+
+
 def test_records_load_without_pickled_code(rec, tmp_path):
     path = tmp_path / 'm.pt'
     rec.update(seconds=1.0, truth=1, meta={'data': 'toy', 'attack': 'clean'})
