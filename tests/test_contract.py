@@ -150,9 +150,9 @@ def test_a_chunk_that_overruns_cannot_starve_the_later_ones(toy_model, image_fol
     seen = []
     real = solution._class_statistics
 
-    def overrunning(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None, core=None):
+    def overrunning(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None, core=None, exclude=False):
         seen.append((clock[0], deadline))
-        out = real(split, h0, labels, classes, 1, float('inf'), bounds, area, refine, core)
+        out = real(split, h0, labels, classes, 1, float('inf'), bounds, area, refine, core, exclude)
         clock[0] = deadline + 0.01  # ran slightly past its deadline, as the guard allows
         return out
 
@@ -175,9 +175,9 @@ def test_the_contrast_runs_a_patch_pass_then_a_dense_pass_inside_one_budget(toy_
     seen = []
     real = solution._class_statistics
 
-    def overrunning(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None, core=None):
+    def overrunning(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None, core=None, exclude=False):
         seen.append((deadline, area, bounds is None))
-        out = real(split, h0, labels, classes, 1, float('inf'), bounds, area, refine, core)
+        out = real(split, h0, labels, classes, 1, float('inf'), bounds, area, refine, core, exclude)
         clock[0] = deadline + 0.01  # every chunk runs to its deadline
         return out
 
@@ -236,9 +236,9 @@ def test_when_two_passes_would_starve_the_patch_pass_runs_alone_with_the_whole_b
     areas = []
     real = solution._class_statistics
 
-    def recording(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None, core=None):
+    def recording(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None, core=None, exclude=False):
         areas.append(area)
-        return real(split, h0, labels, classes, steps, deadline, bounds, area, refine, core)
+        return real(split, h0, labels, classes, steps, deadline, bounds, area, refine, core, exclude)
 
     monkeypatch.setattr(solution, '_class_statistics', recording)
     e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
