@@ -1,7 +1,7 @@
 """Record what solution.evidence() computes image by image, then score the records again offline.
 
     python -m bench.record DIR --out cache/records/NAME [--match TEXT [--exact]] [--set KEY=VALUE] [--threads 1]
-    python -m bench.record --rescore cache/records/NAME --reduce mean_other [--set core=0.5] [--json out.json]
+    python -m bench.record --rescore cache/records/NAME [--reduce mean_other] [--set core=0.5] [--json out.json]
 
 Recording runs evidence() unchanged on every sample in DIR. Hooks copy, for every class and pass, each
 image's softplus margin under the class's shared direction at every norm in HYP['alphas'], where the
@@ -11,11 +11,12 @@ model (torch.save of tensors, numbers and strings; read back with weights_only=T
 Rescoring rebuilds the per-class statistics from those margins under another reduction over the images,
 then applies the release's own landing factor, contrast and p-value (solution._decide), so a change to
 the statistic can be tried on many models in seconds, paired with the run that produced the record.
-Reductions: 'mean' (the release's: rescoring reproduces the recorded p-value), 'median' (the median over
-all images: HYP['aggregate'] 'median'), 'mean_other' (the mean over the images not labelled with the
-class), 'median_other' (their median). A record taken with HYP['exclude_own'] or HYP['aggregate'] set
-holds margins under directions built without the class's own images, or scored by the median: it
-reproduces its p-value under 'mean_other' or 'median' ('median_other' for both). With --json the rows are
+Reductions: 'recorded' (the default: the one the record's call used, so rescoring reproduces the
+recorded p-value), 'mean' (over all images), 'median' (the median over all images: HYP['aggregate']
+'median'), 'mean_other' (the mean over the images not labelled with the class), 'median_other' (their
+median). A call whose draw left each class's own images out (HYP['exclude_own']; by default where the
+draw holds fewer images than half the classes) holds margins under directions built without them and
+scored with 'mean_other'; 'recorded' picks that from the record's settings and draw. With --json the rows are
 written in bench.evaluate's format, for bench.compare. --set changes a setting that acts after the
 margins (RESCORABLE: the factors' exponents, the log, the null, the spike test); one recording with the core factor on
 and the refinement off holds the cut margins, so it rescores at any exponent, 0 included (with the
@@ -95,10 +96,23 @@ REDUCE = {
 RESCORABLE = ('core', 'landing', 'log', 'contrast_power', 'null', 'spike')
 
 
-def rescore(rec, reduce='mean', sets=()):
-    """(p-value, suspected target, per-pass final statistics) of a record under a reduction over images;
-    sets: KEY=VALUE settings (RESCORABLE only) applied over the record's own, e.g. 'core=0.5'."""
-    fn, hyp = REDUCE[reduce], rec['hyp']
+def recorded(rec):
+    """The reduction the record's own call scored with: the mean or the median (its HYP['aggregate']),
+    over the other classes' images where its draw left each class's own images out (its
+    HYP['exclude_own'], 'sparse' resolved for the draw, solution._when)."""
+    with restoring(solution) as settings:
+        settings.update(rec['hyp'])
+        other = solution._when('exclude_own', rec['evidence']['images'], rec['num_classes'])
+        return solution.HYP['aggregate'] + ('_other' if other else '')
+
+
+def rescore(rec, reduce='recorded', sets=()):
+    """(p-value, suspected target, per-pass final statistics) of a record under a reduction over images
+    ('recorded': the one its call used, so the recorded p-value comes back); sets: KEY=VALUE settings
+    (RESCORABLE only) applied over the record's own, e.g. 'core=0.5'."""
+    if reduce != 'recorded' and reduce not in REDUCE:
+        raise ValueError(f"reduce is {reduce!r}; choose 'recorded' or one of {', '.join(REDUCE)}")
+    hyp = rec['hyp']
     for item in sets:
         if item.partition('=')[0] not in RESCORABLE:
             raise ValueError(f"rescoring can change only {', '.join(RESCORABLE)}; {item!r} needs a new recording")
@@ -116,6 +130,7 @@ def rescore(rec, reduce='mean', sets=()):
         refine = rec['evidence'].get('refine', solution.HYP['refine'])
         if solution._cuts(solution._area(), refine) and any(call.get('cut', [None])[0] is None for call in rec['passes'][0]['calls']):
             raise ValueError('this record holds no cut margins (taken with the core factor off): it cannot be rescored with core on')
+        fn = REDUCE[recorded(rec) if reduce == 'recorded' else reduce]
         draws = rec['evidence'].get('draws', 1)  # each draw ran its passes in turn: patch, then dense
         per_draw = len(rec['passes']) // draws
         decided = [_rescore_draw(rec, rec['passes'][d * per_draw:(d + 1) * per_draw], fn, k) for d in range(draws)]
@@ -166,7 +181,8 @@ def main(argv=None):
                     help=f"a solution HYP setting while recording; with --rescore, one of {', '.join(RESCORABLE)} over the record's own")
     ap.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     ap.add_argument('--rescore', nargs='+', metavar='RECORDS', help='folders of records to score again')
-    ap.add_argument('--reduce', default='mean', choices=sorted(REDUCE), help='reduction over images (default mean)')
+    ap.add_argument('--reduce', default='recorded', choices=['recorded'] + sorted(REDUCE),
+                    help="reduction over images (default recorded: the one the record's call used)")
     ap.add_argument('--json', help='rescore: write the rows in bench.evaluate\'s format here')
     args = ap.parse_args(argv)
     if args.threads:

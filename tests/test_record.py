@@ -191,6 +191,8 @@ def test_sparse_settings_act_only_in_a_draw_of_fewer_images_than_half_the_classe
     assert got != pytest.approx(other, rel=1e-3)  # the setting matters on this model and draw
     p, _, _ = record.rescore(recs['sparse'], 'mean_other' if on else 'mean')
     assert math.isclose(p, recs['sparse']['evidence']['p_value'], rel_tol=1e-5, abs_tol=1e-12)
+    assert record.recorded(recs['sparse']) == ('mean_other' if on else 'mean')
+    assert record.rescore(recs['sparse'])[0] == p  # the default reduction is the call's own
 
 
 def test_records_load_without_pickled_code(rec, tmp_path):
@@ -205,7 +207,7 @@ def test_cli_records_and_rescores(smoke_zoo, tmp_path, monkeypatch):
     monkeypatch.setitem(solution.HYP, 'budget_s', 600.0)
     out = tmp_path / 'records'
     record.main([smoke_zoo, '--out', str(out), '--set', 'steps=4', '--set', 'min_steps=4', '--set', 'images=4'])
-    rows = record.main(['--rescore', str(out), '--reduce', 'mean', '--json', str(tmp_path / 'r.json')])
+    rows = record.main(['--rescore', str(out), '--json', str(tmp_path / 'r.json')])  # each record's own reduction
     assert len(rows) == 2 and {r['truth'] for r in rows} == {0, 1}
     recs = {r['name']: torch.load(out / f"{r['name']}.pt", weights_only=True) for r in rows}
     for r in rows:
