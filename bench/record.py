@@ -96,12 +96,22 @@ REDUCE = {
 RESCORABLE = ('core', 'landing', 'log', 'contrast_power', 'null', 'spike')
 
 
+# Settings whose default is no longer off: a record taken before they existed ran without them.
+ADDED_OFF = {'exclude_own': False, 'own_floor': False}
+
+
+def _apply(settings, hyp):
+    """A record's settings over solution's, those it predates (ADDED_OFF) as they ran: off."""
+    settings.update(ADDED_OFF)
+    settings.update(hyp)
+
+
 def recorded(rec):
     """The reduction the record's own call scored with: the mean or the median (its HYP['aggregate']),
     over the other classes' images where its draw left each class's own images out (its
     HYP['exclude_own'], 'sparse' resolved for the draw, solution._when)."""
     with restoring(solution) as settings:
-        settings.update(rec['hyp'])
+        _apply(settings, rec['hyp'])
         other = solution._when('exclude_own', rec['evidence']['images'], rec['num_classes'])
         return solution.HYP['aggregate'] + ('_other' if other else '')
 
@@ -122,7 +132,7 @@ def rescore(rec, reduce='recorded', sets=()):
                          f"{hyp.get('snapshots')!r}")
     k = rec['num_classes']
     with restoring(solution) as settings:
-        settings.update(hyp)  # the recording's settings (landing, null, log, contrast_power, ...)
+        _apply(settings, hyp)  # the recording's settings (landing, null, log, contrast_power, ...)
         settings['core'] = rec['evidence'].get('core_power', settings['core'])  # the exponent the call ran (0: no cut fitted)
         override(solution, sets)
         # the cut is scored where solution scores it: core on, no refinement (refined, the factor is 1);

@@ -195,6 +195,19 @@ def test_sparse_settings_act_only_in_a_draw_of_fewer_images_than_half_the_classe
     assert record.rescore(recs['sparse'])[0] == p  # the default reduction is the call's own
 
 
+def test_a_record_from_before_the_sparse_settings_rescores_as_it_ran(toy_model, image_folder, tiny, monkeypatch):
+    """A record whose settings lack exclude_own and own_floor was taken before they existed: off, even in
+    a draw of 4 images of 10 classes where the defaults ('sparse') would act."""
+    monkeypatch.setitem(solution.HYP, 'exclude_own', False)
+    monkeypatch.setitem(solution.HYP, 'own_floor', False)
+    rec = record.record(toy_model, 10, image_folder, CIFAR_LIKE)
+    del rec['hyp']['exclude_own'], rec['hyp']['own_floor']
+    monkeypatch.setitem(solution.HYP, 'exclude_own', 'sparse')
+    monkeypatch.setitem(solution.HYP, 'own_floor', 'sparse')
+    assert record.recorded(rec) == 'mean'
+    assert math.isclose(record.rescore(rec)[0], rec['evidence']['p_value'], rel_tol=1e-5, abs_tol=1e-12)
+
+
 def test_records_load_without_pickled_code(rec, tmp_path):
     path = tmp_path / 'm.pt'
     rec.update(seconds=1.0, truth=1, meta={'data': 'toy', 'attack': 'clean'})
