@@ -163,6 +163,34 @@ def test_a_chunk_that_overruns_cannot_starve_the_later_ones(toy_model, image_fol
     assert seen[-1][1] <= 1000.0 + 40.0
 
 
+def test_chunks_capped_for_a_cpu_cache_give_the_statistics_of_one_batch(toy_model, image_folder, fast, monkeypatch):
+    """On a CPU the classes are optimised at most HYP['cpu_chunk_elems'] elements at a time (a batch past
+    the cache costs more per image than the timing probe measured, so one large chunk overran its plan).
+    Each class's search, refinement and scoring are its own: the chunks change the time, not the
+    statistics. A GPU keeps the one large batch."""
+    monkeypatch.setattr(solution, '_device_for', lambda model: torch.device('cpu'))
+    seen = []
+    real = solution._class_statistics
+
+    def spy(split, h0, labels, classes, *args, **kw):
+        seen.append((len(classes), h0.numel()))
+        return real(split, h0, labels, classes, *args, **kw)
+
+    monkeypatch.setattr(solution, '_class_statistics', spy)
+    monkeypatch.setitem(solution.HYP, 'cpu_chunk_elems', 2 ** 40)
+    whole = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert [k for k, _ in seen] == [10, 10]  # both passes, all classes at once
+    per_class = seen[0][1]  # one class's free variable: its images' activations
+    seen.clear()
+    monkeypatch.setitem(solution.HYP, 'cpu_chunk_elems', 3 * per_class + 1)
+    capped = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert [k for k, _ in seen] == [3, 3, 3, 1] * 2
+    for key in ('per_class', 'per_class_dense', 'landing', 'core'):
+        assert np.allclose(capped[key], whole[key], rtol=1e-4, atol=1e-6), key
+    assert capped['p_value'] == pytest.approx(whole['p_value'], rel=1e-3)
+    assert solution._chunk(10, per_class, torch.device('cuda')) == 10  # no cache cap off the CPU
+
+
 def test_the_contrast_runs_a_patch_pass_then_a_dense_pass_inside_one_budget(toy_model, image_folder, fast, monkeypatch):
     """With the contrast on, every class is optimised twice: first with the area limit and the value
     bounds, then densely with neither. Each pass gets its share of the one budget, and the verdict
