@@ -44,8 +44,9 @@ def test_real_and_full_presets_hold_out_part_of_every_data_set():
 def test_holdout_preset_is_eight_models_per_set_on_seeds_no_other_preset_uses():
     specs = zoo.PRESETS['holdout']()
     others = {(s['data'], s['seed']) for name, make in zoo.PRESETS.items() if name != 'holdout' for s in make()}
+    assert len(specs) == 8 * len(zoo.HOLDOUT_SETS)
     for data, first, _ in zoo.HOLDOUT_SETS:
-        mine = [s for s in specs if s['data'] == data]
+        mine = [s for s in specs if s['data'] == data and first <= s['seed'] < first + 4]
         assert len(mine) == 8 and {s['seed'] for s in mine} == set(range(first, first + 4)), data
         assert {s['attack'] for s in mine} == {None, 'badnets', 'blended', 'sig', 'trojannn'}, data
         assert sorted(str(s['train_kw']) for s in mine if s['attack'] is None) == sorted(
