@@ -131,7 +131,7 @@ def _preset_full():
     return out + [attack_spec('badnets', 0, **kw), spec(None, 0, **kw)]
 
 
-# The held-out sets, one per data set: (data, first seed, BadNets params). Each was built after the
+# The held-out sets, one or two per data set: (data, first seed, BadNets params). Each was built after the
 # release it first measured was fixed, and is evaluated, never tuned on (RESULTS.md: zoo-w; GTSRB at the
 # CPU's plans). CIFAR-10's and MNIST's BadNets stamps a 5-pixel patch, as first built; the later sets
 # use the attack's own settings.
