@@ -86,7 +86,10 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        statistics are judged by an exponential null fitted (maximum likelihood, loc = min, scale =
        mean - min) to the K-1 statistics other than the largest; p = 1 - F(max)^K.
        HYP['null'] = 'exact' (off: it lost more backdoors than it cleared false positives, RESULTS.md)
-       takes the exact tail of the same fitted statistic instead (exact_tail).
+       takes the exact tail of the same fitted statistic instead (exact_tail). HYP['scale_floor'] (off)
+       keeps the fitted scale at least that large: a null fitted to statistics that all sit near 0 (few
+       steps, each class scored on other classes' images only) has a scale near 0, and any class a
+       little above them becomes an outlier.
     5. HYP['contrast'] (on): steps 1-3 run a second time with no area limit and no value bounds (a
        dense pass), and a second set of statistics, contrast(), asks which class is much easier to
        reach with a dense change than with a patch: D~ / (P~ + 1) ** 2, each pass divided by its mean
@@ -201,6 +204,7 @@ HYP = {
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
     'null': 'plug-in',       # p of the largest statistic: 'plug-in' 1 - F(max)^K (the seed's), or 'exact' (exact_tail)
+    'scale_floor': 0.0,      # the null's fitted scale is at least this, in the statistics' own units (log(1 + x)): the least spread that counts (0 = none)
     'contrast': True,        # a second, dense pass (area 0), and contrast() of the two tested too (_contrasted: needs an area, 'transfer')
     'contrast_power': 2.0,   # contrast: q in D~ / (P~ + 1) ** q; the larger, the more a class that is easy with a patch too is discounted
     'contrast_plan': 30,     # contrast: only when each pass's plan has at least this many images x steps per class (2 x 15, the least RESULTS.md measured), else the patch pass alone
@@ -935,7 +939,7 @@ def max_p_value(stats, null=None):
         return 1.0  # one null point: no fit possible (documented fallback: called clean)
     top = s.argmax()
     loc, scale = exponential_fit(torch.cat([s[:top], s[top + 1:]]))
-    scale = max(scale, 1e-12 * max(1.0, abs(loc)))
+    scale = max(scale, 1e-12 * max(1.0, abs(loc)), HYP['scale_floor'])
     z = torch.clamp(s[top] - loc, min=0) / scale
     if null == 'exact':
         return exact_tail(z.item(), k)
@@ -977,6 +981,9 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         v = HYP[key]
         if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise ValueError(f"HYP['{key}'] is {v!r}; it is an exponent, a number >= 0 (0 = {zero})")
+    v = HYP['scale_floor']
+    if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+        raise ValueError(f"HYP['scale_floor'] is {v!r}; it is a number >= 0 (0 = none)")
     c = HYP['confirm']
     if isinstance(c, bool) or not (isinstance(c, (int, float)) and 0 <= c < 1):
         raise ValueError(f"HYP['confirm'] is {c!r}; it is a share of the time, a number in [0, 1) (0 = off)")

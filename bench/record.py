@@ -18,7 +18,7 @@ median). A call whose draw left each class's own images out (HYP['exclude_own'];
 draw holds fewer images than half the classes) holds margins under directions built without them and
 scored with 'mean_other'; 'recorded' picks that from the record's settings and draw. With --json the rows are
 written in bench.evaluate's format, for bench.compare. --set changes a setting that acts after the
-margins (RESCORABLE: the factors' exponents, the log, the null, the spike test); one recording with the core factor on
+margins (RESCORABLE: the factors' exponents, the log, the null and its scale floor, the spike test); one recording with the core factor on
 and the refinement off holds the cut margins, so it rescores at any exponent, 0 included (with the
 refinement on, no cut is scored: the factor is 1 at any exponent; a call that ran without the cut,
 evidence 'core_power' 0, rescores at 0 only). Settings that change more (steps,
@@ -93,11 +93,11 @@ REDUCE = {
 
 
 # The settings rescoring applies itself (solution._decide and the factors); any other needs a new recording.
-RESCORABLE = ('core', 'landing', 'log', 'contrast_power', 'null', 'spike')
+RESCORABLE = ('core', 'landing', 'log', 'contrast_power', 'null', 'scale_floor', 'spike')
 
 
 # Settings whose default is no longer off: a record taken before they existed ran without them.
-ADDED_OFF = {'exclude_own': False, 'own_floor': False}
+ADDED_OFF = {'exclude_own': False, 'own_floor': False, 'scale_floor': 0.0}
 
 
 def _apply(settings, hyp):

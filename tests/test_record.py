@@ -208,6 +208,17 @@ def test_a_record_from_before_the_sparse_settings_rescores_as_it_ran(toy_model, 
     assert math.isclose(record.rescore(rec)[0], rec['evidence']['p_value'], rel_tol=1e-5, abs_tol=1e-12)
 
 
+def test_the_scale_floor_rescores_and_a_record_from_before_it_rescores_without_it(rec, monkeypatch):
+    """scale_floor acts after the margins, so a record rescores under it; a floor far above the statistics'
+    spread calls the largest class ordinary. A record taken before the setting existed ran without it."""
+    p = rec['evidence']['p_value']
+    floored = record.rescore(rec, sets=('scale_floor=100.0',))[0]
+    assert floored > 0.99 and floored > p + 0.1  # the toy's p (0.86) is low enough for the floor to show
+    del rec['hyp']['scale_floor']
+    monkeypatch.setitem(solution.HYP, 'scale_floor', 100.0)
+    assert math.isclose(record.rescore(rec)[0], p, rel_tol=1e-5, abs_tol=1e-12)
+
+
 def test_records_load_without_pickled_code(rec, tmp_path):
     path = tmp_path / 'm.pt'
     rec.update(seconds=1.0, truth=1, meta={'data': 'toy', 'attack': 'clean'})

@@ -461,3 +461,18 @@ def test_window_keeps_the_refined_patch_direction_in_one_square(monkeypatch):
     for row in kept:
         rows, cols = row.nonzero(as_tuple=True)
         assert len(rows) == 4 and rows.max() - rows.min() == 1 and cols.max() - cols.min() == 1  # a 2 x 2 square
+
+
+def test_the_scale_floor_keeps_a_small_lead_over_near_zero_statistics_from_being_an_outlier(monkeypatch):
+    """Statistics that all sit near 0 fit a scale near 0, and a class a little above them is called an
+    outlier; HYP['scale_floor'] sets the least spread that counts. A large lead stays an outlier."""
+    others = [1e-4 * i for i in range(42)]  # 43 classes, spread 0 to 0.004
+    monkeypatch.setitem(solution.HYP, 'scale_floor', 0.0)
+    assert solution.max_p_value(others + [0.05]) < 1e-6
+    monkeypatch.setitem(solution.HYP, 'scale_floor', 0.1)
+    assert solution.max_p_value(others + [0.05]) > 0.5
+    assert solution.max_p_value(others + [3.0]) < 1e-6
+    wide = [0.1 * i for i in range(42)] + [7.0]  # a fitted scale of 2.05: the floor does not bind
+    floored = solution.max_p_value(wide)
+    monkeypatch.setitem(solution.HYP, 'scale_floor', 0.0)
+    assert floored == solution.max_p_value(wide) and 0.01 < floored < 0.9
