@@ -1102,7 +1102,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'per_class_dense': dense,                # contrast: the dense pass's statistics (None when off)
         'per_class_contrast': per_contrast,      # contrast: contrast() of the two passes (None when off)
         'per_class_spike': spikes,               # spike: spike() of the patch pass (None when off or data-free)
-        'null_loc': loc, 'null_scale': scale,    # the null fitted to that test's other statistics
+        'null_loc': loc, 'null_scale': max(scale, HYP['scale_floor']),  # the null fitted to that test's other statistics (its scale floored, as max_p_value)
         'p_release': p_release,                  # the p-value of the tests above, before the confirming test
         'p_margin': p_margin,                    # confirm: the confirming test's p-value (None when off)
         'per_class_margin': per_margin,          # confirm: its largest margin per class (None when off)

@@ -191,6 +191,13 @@ def test_chunks_capped_for_a_cpu_cache_give_the_statistics_of_one_batch(toy_mode
     assert solution._chunk(10, per_class, torch.device('cuda')) == 10  # no cache cap off the CPU
 
 
+def test_the_reported_null_scale_is_the_one_the_p_value_used(toy_model, image_folder, tiny, monkeypatch):
+    """With HYP['scale_floor'] the null's scale is floored before the p-value; evidence() reports that scale."""
+    monkeypatch.setitem(solution.HYP, 'scale_floor', 50.0)
+    e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert e['null_scale'] == 50.0 and e['p_value'] > 0.9
+
+
 def test_the_contrast_runs_a_patch_pass_then_a_dense_pass_inside_one_budget(toy_model, image_folder, fast, monkeypatch):
     """With the contrast on, every class is optimised twice: first with the area limit and the value
     bounds, then densely with neither. Each pass gets its share of the one budget, and the verdict
