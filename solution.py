@@ -977,13 +977,11 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     for key, choices in CHOICES.items():
         if HYP[key] not in choices:
             raise ValueError(f"HYP['{key}'] is {HYP[key]!r}; choose one of {choices}")
-    for key, zero in (('landing', 'off'), ('contrast_power', 'the dense pass alone'), ('core', 'off')):  # exponents
+    for key, what, zero in (('landing', 'an exponent', 'off'), ('contrast_power', 'an exponent', 'the dense pass alone'),
+                            ('core', 'an exponent', 'off'), ('scale_floor', 'a scale', 'none')):  # numbers >= 0
         v = HYP[key]
         if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"HYP['{key}'] is {v!r}; it is an exponent, a number >= 0 (0 = {zero})")
-    v = HYP['scale_floor']
-    if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-        raise ValueError(f"HYP['scale_floor'] is {v!r}; it is a number >= 0 (0 = none)")
+            raise ValueError(f"HYP['{key}'] is {v!r}; it is {what}, a number >= 0 (0 = {zero})")
     c = HYP['confirm']
     if isinstance(c, bool) or not (isinstance(c, (int, float)) and 0 <= c < 1):
         raise ValueError(f"HYP['confirm'] is {c!r}; it is a share of the time, a number in [0, 1) (0 = off)")

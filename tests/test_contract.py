@@ -196,6 +196,9 @@ def test_the_reported_null_scale_is_the_one_the_p_value_used(toy_model, image_fo
     monkeypatch.setitem(solution.HYP, 'scale_floor', 50.0)
     e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
     assert e['null_scale'] == 50.0 and e['p_value'] > 0.9
+    monkeypatch.setitem(solution.HYP, 'scale_floor', -1.0)
+    with pytest.raises(ValueError, match='scale_floor'):
+        solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
 
 
 def test_the_contrast_runs_a_patch_pass_then_a_dense_pass_inside_one_budget(toy_model, image_folder, fast, monkeypatch):
