@@ -38,6 +38,17 @@ def suspected_trigger(net, x, labels, target, mean, std):
     return mask, pattern, carried
 
 
+# solution's tests by name (evidence 'judged') and the per-class statistics each one judged
+JUDGED = {'patch': ('per_class', 'statistics'), 'contrast': ('per_class_contrast', 'contrast'),
+          'spike': ('per_class_spike', 'spike')}
+
+
+def judged_statistics(ev):
+    """(name, per-class statistics) of the test that decided; a detector that names none: its 'per_class'."""
+    key, name = JUDGED.get(ev.get('judged'), JUDGED['patch'])
+    return name, [float(v) for v in ev[key]]
+
+
 def null_density(ev, xs):
     """The fitted null's density at xs, or None when the detector has no parametric null."""
     if ev.get('null_loc') is None or not ev.get('null_scale'):
@@ -59,13 +70,11 @@ def render(ev, model, images_folder, transformation, path, title):
     except ImportError:
         print(f'matplotlib not installed: no picture written to {path}')
         return None
-    by_contrast = ev.get('judged') == 'contrast'  # solution's two tests: the picture shows the one that decided
-    stats = [float(v) for v in ev['per_class_contrast' if by_contrast else 'per_class']]
+    name, stats = judged_statistics(ev)  # the picture shows the test that decided, whose null ev holds
     target = int(ev['target'])
     fig, axes = plt.subplots(1, 5, figsize=(17, 3.6), gridspec_kw={'width_ratios': [2, 2, 1, 1, 1]})
     ax = axes[0]
     ax.bar(range(len(stats)), stats, color=['tab:red' if i == target else 'tab:blue' for i in range(len(stats))])
-    name = 'contrast' if by_contrast else 'statistics'
     ax.set(xlabel='class', ylabel='statistic', title=f'per-class {name}, suspected target {target}')
 
     ax = axes[1]
