@@ -55,12 +55,16 @@ def verdict(backdoored):
     """evidence() on the model, once, with the confirming test on (HYP['confirm'] = 0.5): its
     'p_release' is the release's own p-value, its 'verdict' the AND of both tests. A budget no machine
     reaches, so the release always plans its full 30 images x 25 steps: the verdict must not depend on
-    how loaded the machine is (a smaller plan is a different draw). The confirming test runs 25 sign
-    steps, not the seed's 100 (its p 3e-6 against 5e-8; the call 67 s against 90 s on a 2-core CPU)."""
+    how loaded the machine is (a smaller plan is a different draw). 600 s was not enough: half of it goes
+    to the confirming test, and on a 2-core machine running four jobs at once the release named class 2
+    (alone, the same code names 3). The confirming test runs 25 sign steps, not the seed's 100 (its p
+    3e-6 against 5e-8; the call 67 s against 90 s on a 2-core CPU)."""
     model, folder, transform, _ = backdoored
     with restoring(solution) as hyp:
-        hyp.update(budget_s=600.0, confirm=0.5, confirm_steps=25)
-        return solution.evidence(model, 10, folder, transform)
+        hyp.update(budget_s=36000.0, confirm=0.5, confirm_steps=25)
+        ev = solution.evidence(model, 10, folder, transform)
+    assert (ev['images'], ev['steps']) == (30, 25), ev  # the full plan, or the verdict is another draw
+    return ev
 
 
 def test_backdoored_model_is_flagged_at_its_target(verdict):
