@@ -136,7 +136,7 @@ def _preset_full():
 # CPU's plans). CIFAR-10's and MNIST's BadNets stamps a 5-pixel patch, as first built; the later sets
 # use the attack's own settings.
 HOLDOUT_SETS = (('cifar10', 900, dict(patch=5)), ('mnist', 900, dict(patch=5)),
-                ('gtsrb', 910, {}), ('fashion', 920, {}), ('gtsrb', 930, {}))
+                ('gtsrb', 910, {}), ('fashion', 920, {}), ('gtsrb', 930, {}), ('cifar10', 940, {}))
 
 
 def _preset_holdout():
