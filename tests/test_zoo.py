@@ -41,6 +41,17 @@ def test_real_and_full_presets_hold_out_part_of_every_data_set():
     assert max(s['data_kw'].get('num_classes', 0) for s in full) == 200
 
 
+def test_cpu_settings_raise_a_presets_epochs_and_never_lower_them():
+    assert zoo.attack_spec('wanet', 0)['epochs'] == 30  # WaNet's floor over the default 12
+    assert zoo.attack_spec('wanet', 0, epochs=60)['epochs'] == 60
+    assert zoo.attack_spec('badnets', 0, epochs=8)['epochs'] == 8  # no floor of its own
+    wanet = zoo.attack_spec('wanet', 0, data='cifar10')
+    assert wanet['rate'] == 0.2 and wanet['params'] == {'s': 1.0} and wanet['name'].endswith('-e30-w16-s0')
+    assert 'min_epochs' not in wanet['train_kw']  # the floor is the zoo's, not a training keyword
+    for make in zoo.PRESETS.values():
+        assert all(s['epochs'] >= 30 for s in make() if s['attack'] == 'wanet' and s['width'] < 64)
+
+
 def test_holdout_preset_is_eight_models_per_set_on_seeds_no_other_preset_uses():
     specs = zoo.PRESETS['holdout']()
     others = {(s['data'], s['seed']) for name, make in zoo.PRESETS.items() if name != 'holdout' for s in make()}
