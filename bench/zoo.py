@@ -49,12 +49,15 @@ def spec(attack=None, seed=0, data='synthetic', width=16, epochs=12, rate=None, 
 
 
 ATTACKS = ['badnets', 'blended', 'sig', 'wanet', 'iad', 'ssba', 'lf', 'bpp', 'trojannn', 'adap_blend', 'lc']
-# Settings that reach ASR >= 80% in a short CPU run (measured at 10-30 epochs on the synthetic task; WaNet
-# on CIFAR-10 at 500 images a class: 23% at its own settings and 12 epochs, 96% at twice the warp strength,
-# rate 0.2 and 30 epochs); attacks not listed keep the toolkits' defaults and often stay weak there (reported
-# apart as weak). `min_epochs` raises a preset's epochs for that attack, never lowers them.
+# Settings that reach ASR >= 80% in a short CPU run (measured at 10-30 epochs on the synthetic task). On the
+# `real` preset's data (REAL_CAPS, width 16) WaNet at its own settings and 12 epochs reaches 23% on CIFAR-10,
+# and at twice the warp strength, rate 0.2 and 30 epochs 96% (GTSRB 86%, MNIST 99.9%, Tiny-ImageNet 32 px
+# 96%); Adap-Blend at rate 0.2 and 30 epochs 90% on CIFAR-10 (at its own rate 30% in 12 epochs, 60% in
+# 30; GTSRB 99%, MNIST 84%). Neither passes 10% on the synthetic task even so. Attacks not listed keep the
+# toolkits' defaults and often stay weak here (reported apart as weak). `min_epochs` raises a preset's
+# epochs, never lowers them.
 CPU_SETTINGS = {'blended': dict(rate=0.2), 'bpp': dict(params=dict(q=4, neg_ratio=0.0)),
-                'wanet': dict(rate=0.2, params=dict(s=1.0), min_epochs=30)}
+                'wanet': dict(rate=0.2, params=dict(s=1.0), min_epochs=30), 'adap_blend': dict(rate=0.2, min_epochs=30)}
 
 
 def attack_spec(attack, seed, **kw):
@@ -89,7 +92,8 @@ def _preset_default():
     clean = _clean_variants([0, 1], **kw) + [spec(None, 4, **dict(kw, epochs=3 * kw['epochs']))]
     out = _interleave([attack_spec(a, 0, **kw) for a in ATTACKS], clean)
     # held out: other seeds, so other triggers, targets and initialisations, of attacks that reach a useful
-    # ASR on this task (WaNet and SSBA stayed under 5% at seeds 0 and 100; they keep their seed-0 models)
+    # ASR on this task (WaNet and SSBA stayed under 5% at seeds 0 and 100, WaNet and Adap-Blend under 10% at
+    # their CPU settings at seed 0; they keep their seed-0 models)
     held = [attack_spec(a, 100, **kw) for a in ('badnets', 'blended', 'sig', 'trojannn')]
     out += _interleave(held, [spec(None, s, **kw) for s in (100, 101, 102)] + [spec(None, 103, adv='fgsm', **kw)])
     # many classes, where detect() has the least compute per class: a BadNets and a clean model each
