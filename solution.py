@@ -108,10 +108,15 @@ Method (shared-direction transfer in feature space, grown from the seed method o
     7. Off by default, HYP['confirm'] (a share of the time) adds the seed's own test as a confirmation:
        per class, the largest margin any image reaches when its conv1 + layer1[0] activation is pushed
        towards the class by sign steps (_margin_search, up to HYP['confirm_steps'], the seed's 100),
-       judged by step 4's null. The model is backdoored only where both p-values are below
-       P_THRESHOLD, p = max(p, p_margin) (an intersection-union test: no correction needed, the one
-       constant unchanged). The seed's test rarely flags a clean model but misses many backdoors; the
-       release finds more backdoors and flags more clean models (RESULTS.md, The confirming test).
+       judged by step 4's null. With HYP['combine'] 'both', the model is backdoored only where both
+       p-values are below P_THRESHOLD, p = max(p, p_margin) (an intersection-union test: no correction
+       needed, the one constant unchanged). The seed's test rarely flags a clean model but misses many
+       backdoors; the release finds more backdoors and flags more clean models (RESULTS.md, The
+       confirming test). With 'either', the two are alternatives, p = 1 - (1 - min(p, p_margin))^2,
+       where p_margin counts only if the margin's top class is the top class of the patch or the dense
+       pass (else it is 1): a smaller rejection region than Sidak's, so no larger a false-positive rate.
+       Warp triggers (WaNet) move every pixel a little: the seed's free activations reach them where
+       the release's shared direction often does not (RESULTS.md, WaNet and Adap-Blend).
     8. Off by default, HYP['draws'] (1) runs the release on several draws of the folder's images
        instead of one (each up to HYP['images'] a class, class-balanced: the folder's order, then the
        orders drawn from seeds 1, 2, ..., _draw_seeds), both passes each, and takes the median of
@@ -199,7 +204,8 @@ HYP = {
     'core': 0.5,             # transfer, patch test: multiply each class's statistic by min(1, C / S) to this power (0 = off), C its statistic under the shared direction cut to one patch (_core)
     'landing': 1.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction lands from its clean images
     'spike': False,          # transfer: a third test, spike(): how far each class's patch direction drives some penultimate unit beyond the clean images
-    'confirm': 0.0,          # share of the planned time for a confirming test, the seed's largest margin (_margin_search); backdoored iff both p < P_THRESHOLD (0 = off)
+    'confirm': 0.0,          # share of the planned time for a second test, the seed's largest margin (_margin_search) (0 = off)
+    'combine': 'both',       # confirm: 'both' p-values below P_THRESHOLD, or 'either' (Sidak over two; the margin test only where a release pass's top class is its own)
     'confirm_steps': 100,    # confirm: sign steps per class at most (the seed's 100; the plan may take fewer)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
@@ -221,7 +227,7 @@ HYP = {
 CHOICES = {'mode': ('free', 'universal'), 'init': ('images', 'noise'), 'reduce': ('max', 'mean'),
            'exclude_own': (False, True, 'sparse'), 'aggregate': ('mean', 'median'), 'statistic': ('transfer', 'margin'), 'own_norm': (True, False), 'own_floor': (False, True, 'sparse'),
            'log': (False, True), 'spike': (False, True), 'contrast': (False, True), 'leave_one_out': (False, True),
-           'window': (False, True), 'null': ('plug-in', 'exact')}
+           'window': (False, True), 'null': ('plug-in', 'exact'), 'combine': ('both', 'either')}
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.gif', '.tif', '.tiff', '.webp'}
 
@@ -1078,9 +1084,16 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     middle = median_draw(p_draws)
     runs, (finals, per_contrast, p, p_patch, test, judged) = results[middle][0], decided[middle]
     p_release, p_margin = p, None
-    if per_margin is not None:  # an intersection-union test: backdoored only where both tests say so
+    if per_margin is not None:
         p_margin = max_p_value(per_margin)
-        p = max(p_release, p_margin)
+        if HYP['combine'] == 'both':  # an intersection-union test: backdoored only where both tests say so
+            p = max(p_release, p_margin)
+        else:  # alternatives, Sidak-corrected; the margin test counts only where a release pass agrees on its class
+            top = int(np.argmax(per_margin))
+            counted = p_margin if top in {int(np.argmax(f)) for f in finals} else 1.0
+            p = 1 - (1 - min(p_release, counted)) ** 2
+            if counted < p_release:
+                test, judged = 'margin', per_margin
     raw, far, cores = runs[0]
     stats, dense = finals[0], finals[1] if len(finals) > 1 else None
     target = int(np.argmax(judged))
@@ -1088,7 +1101,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     return {
         'verdict': 0 if p < P_THRESHOLD else 1,  # 0 backdoored, 1 clean
         'p_value': p,
-        'judged': test,                          # the test with the smallest p-value: 'patch' (per_class), 'contrast' or 'spike'
+        'judged': test,                          # the test with the smallest p-value: 'patch' (per_class), 'contrast', 'spike' or 'margin' (combine 'either')
         'statistic': judged[target],             # that test's largest statistic
         'target': target,                        # the class it belongs to: the suspected backdoor target
         'per_class': stats,                      # the patch test's statistics (steps 1-3, and the core factor)

@@ -1,4 +1,5 @@
-"""The confirming test (HYP['confirm']): the seed's largest margin at layer1[0], and the AND it enters."""
+"""The second test (HYP['confirm']): the seed's largest margin at layer1[0], and how it enters the verdict:
+both p-values below the threshold (HYP['combine'] 'both'), or either, where the classes agree ('either')."""
 import math
 
 import pytest
@@ -59,7 +60,38 @@ def test_confirm_takes_its_share_of_the_budget_after_the_release(toy_model, imag
     assert e['p_margin'] == 1.0 and e['p_value'] == 1.0  # a flat margin test clears any release verdict
 
 
-@pytest.mark.parametrize('key,bad', [('confirm', -0.1), ('confirm', 1.0), ('confirm', True), ('confirm', '0.5'),
+def _with_margins(monkeypatch, margins_of):
+    """_margin_search replaced: per class, margins_of(num_classes) (the release's passes run as they are)."""
+    monkeypatch.setattr(solution, '_margin_search', lambda split, h0, num_classes, *a: margins_of(num_classes))
+
+
+@pytest.mark.parametrize('agree', [True, False])
+def test_either_takes_the_margin_test_only_where_a_release_pass_shares_its_top_class(toy_model, image_folder, fast,
+                                                                                   monkeypatch, agree):
+    monkeypatch.setitem(solution.HYP, 'confirm', 0.5)
+    monkeypatch.setitem(solution.HYP, 'combine', 'either')
+    release = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)  # its own margin test, to learn the tops
+    tops = {max(range(10), key=lambda i: v[i]) for v in (release['per_class'], release['per_class_dense']) if v}
+    spike = min(tops) if agree else min(set(range(10)) - tops)
+    _with_margins(monkeypatch, lambda k: [1.0 + 0.01 * i for i in range(k - 1)][:spike] + [50.0] + [1.0] * (k - 1 - spike))
+    e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert e['p_release'] == release['p_release'] and e['p_margin'] < 1e-6
+    if agree:  # a far-out margin at a class the release also leads with: the margin test decides
+        assert e['p_value'] == pytest.approx(1 - (1 - e['p_margin']) ** 2)
+        assert e['judged'] == 'margin' and e['target'] == spike and e['verdict'] == 0
+    else:  # the same margin at a class no pass leads with counts for nothing: the release alone, corrected
+        assert e['p_value'] == pytest.approx(1 - (1 - e['p_release']) ** 2)
+        assert e['judged'] != 'margin' and e['target'] != spike
+
+
+def test_both_needs_the_margin_test_too(toy_model, image_folder, fast, monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'confirm', 0.5)
+    _with_margins(monkeypatch, lambda k: [50.0] + [1.0 + 0.01 * i for i in range(k - 1)])
+    e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert e['p_value'] == max(e['p_release'], e['p_margin']) and e['judged'] != 'margin'
+
+
+@pytest.mark.parametrize('key,bad', [('combine', 'or'), ('confirm', -0.1), ('confirm', 1.0), ('confirm', True), ('confirm', '0.5'),
                                      ('confirm', float('nan')), ('confirm_steps', 0), ('confirm_steps', 2.5),
                                      ('confirm_steps', True)])
 def test_confirm_settings_are_checked(toy_model, image_folder, monkeypatch, key, bad):

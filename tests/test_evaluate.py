@@ -111,8 +111,10 @@ def test_explain_draws_the_statistics_of_the_test_that_decided():
     """The picture's bars and null are those of the test evidence() names as the decider (the fitted null
     in ev belongs to it): the spike test's values when the spike decided, not the patch test's."""
     from bench import explain
-    ev = {'per_class': [1.0, 2.0], 'per_class_contrast': [3.0, 4.0], 'per_class_spike': [5.0, 6.0]}
+    ev = {'per_class': [1.0, 2.0], 'per_class_contrast': [3.0, 4.0], 'per_class_spike': [5.0, 6.0],
+          'per_class_margin': [8.0, 9.0]}
     assert explain.judged_statistics(dict(ev, judged='spike')) == ('spike', [5.0, 6.0])
+    assert explain.judged_statistics(dict(ev, judged='margin')) == ('largest margin', [8.0, 9.0])
     assert explain.judged_statistics(dict(ev, judged='contrast')) == ('contrast', [3.0, 4.0])
     assert explain.judged_statistics(dict(ev, judged='patch'))[1] == [1.0, 2.0]
     assert explain.judged_statistics({'per_class': [7.0]})[1] == [7.0]  # a baseline names no test
