@@ -116,7 +116,9 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        where p_margin counts only if the margin's top class is the top class of the patch or the dense
        pass (else it is 1): a smaller rejection region than Sidak's, so no larger a false-positive rate.
        Warp triggers (WaNet) move every pixel a little: the seed's free activations reach them where
-       the release's shared direction often does not (RESULTS.md, WaNet and Adap-Blend).
+       the release's shared direction often does not (RESULTS.md, WaNet and Adap-Blend). On 15 new
+       models at a GPU's plan 'either' was right on 2 fewer: MNIST's easy 8 leads the margin test and
+       both passes alike (RESULTS.md, The margin test as an alternative).
     8. Off by default, HYP['draws'] (1) runs the release on several draws of the folder's images
        instead of one (each up to HYP['images'] a class, class-balanced: the folder's order, then the
        orders drawn from seeds 1, 2, ..., _draw_seeds), both passes each, and takes the median of
