@@ -116,7 +116,7 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        where p_margin counts only if the margin's top class is the top class of the patch or the dense
        pass (else it is 1): a smaller rejection region than Sidak's, so no larger a false-positive rate.
        Warp triggers (WaNet) move every pixel a little: the seed's free activations reach them where
-       the release's shared direction often does not (RESULTS.md, WaNet and Adap-Blend). On 15 new
+       the release's shared direction often does not (RESULTS.md, WaNet and Adap-Blend). On 14 new
        models at a GPU's plan 'either' was right on 2 fewer: MNIST's easy 8 leads the margin test and
        both passes alike (RESULTS.md, The margin test as an alternative).
     8. Off by default, HYP['draws'] (1) runs the release on several draws of the folder's images

@@ -161,8 +161,33 @@ def _preset_holdout():
     return out
 
 
+# Models built one by one as a rule's fresh models (RESULTS.md names the rule), width 16 at the `real` caps:
+# (data, attack or None for clean, seed, spec keywords). Seeds 970-976: the margin test as an alternative;
+# seeds 980-985: built for the next rule, not yet evaluated.
+GATE_MODELS = (
+    ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
+    ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
+    ('cifar10', 'blended', 976, {}), ('cifar10', 'sig', 971, {}), ('cifar10', 'trojannn', 973, {}),
+    ('cifar10', 'wanet', 974, {}),
+    ('mnist', None, 970, {}), ('mnist', None, 971, {}), ('mnist', None, 972, dict(augment=False)),
+    ('mnist', None, 973, dict(adv='fgsm')), ('mnist', 'wanet', 974, {}),
+    ('mnist', 'wanet', 984, {}), ('mnist', None, 980, {}), ('mnist', None, 981, {}),
+    ('mnist', None, 982, dict(adv='fgsm')), ('mnist', None, 983, dict(augment=False)),
+    ('mnist', 'badnets', 980, dict(params=dict(patch=5))), ('mnist', 'blended', 981, {}),
+    ('cifar10', 'wanet', 985, {}), ('cifar10', None, 980, {}), ('cifar10', None, 981, dict(adv='fgsm')),
+)
+
+
+def _preset_gate():
+    out = []
+    for data, attack, seed, kw in GATE_MODELS:
+        kw = dict(kw, data=data, width=16, data_kw=dict(n_train=REAL_CAPS[data]))
+        out.append(attack_spec(attack, seed, **kw) if attack else spec(None, seed, **kw))
+    return out
+
+
 PRESETS = {'smoke': _preset_smoke, 'default': _preset_default, 'real': _preset_real, 'full': _preset_full,
-           'holdout': _preset_holdout}
+           'holdout': _preset_holdout, 'gate': _preset_gate}
 
 
 def selected(preset, match='', exact=False):

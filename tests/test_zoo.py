@@ -67,6 +67,20 @@ def test_holdout_preset_is_eight_models_per_set_on_seeds_no_other_preset_uses():
     assert {s['width'] for s in specs} == {16}
 
 
+def test_gate_preset_builds_each_listed_model_once_on_seeds_no_other_preset_uses():
+    specs = zoo.PRESETS['gate']()
+    others = {(s['data'], s['seed']) for name, make in zoo.PRESETS.items() if name != 'gate' for s in make()}
+    assert len({s['name'] for s in specs}) == len(specs) == len(zoo.GATE_MODELS)
+    for s, (data, attack, seed, kw) in zip(specs, zoo.GATE_MODELS):
+        assert (s['data'], s['attack'], s['seed'], s['width']) == (data, attack, seed, 16)
+        assert s['seed'] >= zoo.HOLDOUT_SEED and (data, seed) not in others, s['name']
+        assert s['data_kw'] == {'n_train': zoo.REAL_CAPS[data]}
+        assert s == (zoo.attack_spec(attack, seed, **kw, data=data, width=16, data_kw=s['data_kw']) if attack
+                     else zoo.spec(None, seed, **kw, data=data, width=16, data_kw=s['data_kw']))
+    wanets = [s for s in specs if s['attack'] == 'wanet']
+    assert wanets and all(s['epochs'] == 30 and s['rate'] == 0.2 for s in wanets)  # their CPU setting
+
+
 def test_smoke_zoo_is_written_in_contest_format(smoke_zoo):
     index = [json.loads(line) for line in open(os.path.join(smoke_zoo, 'zoo.jsonl'))]
     assert {r['attack'] for r in index} == {'clean', 'badnets'}
