@@ -112,12 +112,14 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        p-values are below P_THRESHOLD, p = max(p, p_margin) (an intersection-union test: no correction
        needed, the one constant unchanged). The seed's test rarely flags a clean model but misses many
        backdoors; the release finds more backdoors and flags more clean models (RESULTS.md, The
-       confirming test). With 'either', the two are alternatives, p = 1 - (1 - min(p, p_margin))^2,
-       where p_margin counts only if the margin's top class is the top class of the patch or the dense
-       pass (else it is 1): a smaller rejection region than Sidak's, so no larger a false-positive rate.
+       confirming test). With 'either', the two are alternatives, p = 1 - (1 - min(p, p_margin))^2
+       (Sidak); with 'agree', p_margin counts only if the margin's top class is the top class of the
+       patch or the dense pass (else it is 1): a smaller rejection region, so no larger a false-positive
+       rate. HYP['confirm_landing'] q > 0 scores each class by softplus(its largest margin) times
+       landing() ** q of the image that reached it, the release's discount of a naturally easy class.
        Warp triggers (WaNet) move every pixel a little: the seed's free activations reach them where
        the release's shared direction often does not (RESULTS.md, WaNet and Adap-Blend). On 14 new
-       models at a GPU's plan 'either' was right on 2 fewer: MNIST's easy 8 leads the margin test and
+       models at a GPU's plan 'agree' was right on 2 fewer: MNIST's easy 8 leads the margin test and
        both passes alike (RESULTS.md, The margin test as an alternative).
     8. Off by default, HYP['draws'] (1) runs the release on several draws of the folder's images
        instead of one (each up to HYP['images'] a class, class-balanced: the folder's order, then the
@@ -207,7 +209,8 @@ HYP = {
     'landing': 1.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction lands from its clean images
     'spike': False,          # transfer: a third test, spike(): how far each class's patch direction drives some penultimate unit beyond the clean images
     'confirm': 0.0,          # share of the planned time for a second test, the seed's largest margin (_margin_search) (0 = off)
-    'combine': 'both',       # confirm: 'both' p-values below P_THRESHOLD, or 'either' (Sidak over two; the margin test only where a release pass's top class is its own)
+    'combine': 'both',       # confirm: 'both' p-values below P_THRESHOLD, or 'either' (Sidak over two), or 'agree' (either, the margin test only where a release pass's top class is its own)
+    'confirm_landing': 0.0,  # confirm: each class's statistic is softplus(its largest margin) * landing() ** this of the image that reached it (0 = the raw margin)
     'confirm_steps': 100,    # confirm: sign steps per class at most (the seed's 100; the plan may take fewer)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
@@ -229,7 +232,7 @@ HYP = {
 CHOICES = {'mode': ('free', 'universal'), 'init': ('images', 'noise'), 'reduce': ('max', 'mean'),
            'exclude_own': (False, True, 'sparse'), 'aggregate': ('mean', 'median'), 'statistic': ('transfer', 'margin'), 'own_norm': (True, False), 'own_floor': (False, True, 'sparse'),
            'log': (False, True), 'spike': (False, True), 'contrast': (False, True), 'leave_one_out': (False, True),
-           'window': (False, True), 'null': ('plug-in', 'exact'), 'combine': ('both', 'either')}
+           'window': (False, True), 'null': ('plug-in', 'exact'), 'combine': ('both', 'either', 'agree')}
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.gif', '.tif', '.tiff', '.webp'}
 
@@ -436,6 +439,11 @@ def margin(logits, target):
     own = logits.gather(1, target[:, None])[:, 0]
     others = logits.scatter(1, target[:, None], float('-inf')).max(1).values
     return own - others
+
+
+def _softplus(v):
+    """log(1 + e^v) of a float, without overflow."""
+    return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
 
 
 def _lr_at(step, steps):
@@ -986,6 +994,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         if HYP[key] not in choices:
             raise ValueError(f"HYP['{key}'] is {HYP[key]!r}; choose one of {choices}")
     for key, what, zero in (('landing', 'an exponent', 'off'), ('contrast_power', 'an exponent', 'the dense pass alone'),
+                            ('confirm_landing', 'an exponent', "the seed's raw margin"),
                             ('core', 'an exponent', 'off'), ('scale_floor', 'a scale', 'none')):  # numbers >= 0
         v = HYP[key]
         if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
@@ -1017,7 +1026,8 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             h_all = split.features(x.to(device))  # (N, C, H, W)
         transfer = HYP['statistic'] == 'transfer'  # the factors below scale the transfer statistic only
         lands = transfer and HYP['landing'] > 0
-        wants_feats = (lands or transfer and (HYP['own_norm'] or HYP['own_floor'] or HYP['spike'])) and not data_free
+        wants_feats = (lands or transfer and (HYP['own_norm'] or HYP['own_floor'] or HYP['spike'])
+                       or HYP['confirm'] and HYP['confirm_landing'] > 0) and not data_free
         feats, y = _clean_features(split, h_all, labels, num_classes) if wants_feats else (None, None)
         own = own_margins(split, feats, y, num_classes) if HYP['own_norm'] or HYP['own_floor'] else [0.0] * num_classes
         if HYP['init'] == 'noise':  # start from uniform noise over that range instead of the images
@@ -1076,7 +1086,10 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             with torch.no_grad():
                 h2 = seed_split.features(x[_balanced_indices(labels, n_c, HYP['image_seed'])].to(device))  # (n_c, C, H, W)
             chunk_c = _chunk(num_classes, h2.numel(), device)
-            per_margin = _margin_search(seed_split, h2, num_classes, chunk_c, steps_c, deadline)
+            per_margin, margin_landed = _margin_search(seed_split, h2, num_classes, chunk_c, steps_c, deadline)
+            if HYP['confirm_landing'] > 0:  # discount a class whose best image lands among its own clean ones
+                far = landing(torch.cat(margin_landed), feats, y, num_classes)
+                per_margin = [_softplus(m) * f ** HYP['confirm_landing'] for m, f in zip(per_margin, far)]
     values = [v for runs, spikes in results for run in runs for v in run[0] + run[1] + run[2] + (spikes or [])]
     if not all(math.isfinite(v) for v in values + own + (per_margin or [])):
         raise ValueError('the model gives non-finite outputs (NaN or inf) on these images; no test is possible')
@@ -1090,9 +1103,9 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         p_margin = max_p_value(per_margin)
         if HYP['combine'] == 'both':  # an intersection-union test: backdoored only where both tests say so
             p = max(p_release, p_margin)
-        else:  # alternatives, Sidak-corrected; the margin test counts only where a release pass agrees on its class
-            top = int(np.argmax(per_margin))
-            counted = p_margin if top in {int(np.argmax(f)) for f in finals} else 1.0
+        else:  # alternatives, Sidak-corrected ('agree': the margin test counts only where a release pass leads with its class)
+            agrees = HYP['combine'] == 'either' or int(np.argmax(per_margin)) in {int(np.argmax(f)) for f in finals}
+            counted = p_margin if agrees else 1.0
             p = 1 - (1 - min(p_release, counted)) ** 2
             if counted < p_release:
                 test, judged = 'margin', per_margin
@@ -1103,7 +1116,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     return {
         'verdict': 0 if p < P_THRESHOLD else 1,  # 0 backdoored, 1 clean
         'p_value': p,
-        'judged': test,                          # the test with the smallest p-value: 'patch' (per_class), 'contrast', 'spike' or 'margin' (combine 'either')
+        'judged': test,                          # the test with the smallest p-value: 'patch' (per_class), 'contrast', 'spike' or 'margin' (combine 'either', 'agree')
         'statistic': judged[target],             # that test's largest statistic
         'target': target,                        # the class it belongs to: the suspected backdoor target
         'per_class': stats,                      # the patch test's statistics (steps 1-3, and the core factor)
@@ -1118,7 +1131,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'null_loc': loc, 'null_scale': max(scale, HYP['scale_floor']),  # the null fitted to that test's other statistics (its scale floored, as max_p_value)
         'p_release': p_release,                  # the p-value of the tests above, before the confirming test
         'p_margin': p_margin,                    # confirm: the confirming test's p-value (None when off)
-        'per_class_margin': per_margin,          # confirm: its largest margin per class (None when off)
+        'per_class_margin': per_margin,          # confirm: its largest margin per class (None when off; confirm_landing: softplus, discounted)
         'confirm_plan': (n_c, steps_c) if share else None,  # confirm: its images and steps per class
         'p_draws': p_draws,                      # each image draw's p-value; p_release is their median (one draw: its own)
         'draw': middle,                          # the draw whose statistics the fields above report
@@ -1205,21 +1218,25 @@ def _margin_search(split, h0, num_classes, chunk, steps, end):
     its steps is Adam's first, lr * g / (|g| + 1e-8) (a sign step, except where the gradient g is
     tiny), plus the decoupled weight decay; this takes that step directly, on the release's warm-up and
     cosine schedule. The margins are those of the last forward pass, as the seed reads them. Classes
-    run `chunk` at a time, each chunk stopping at its mark (_chunks)."""
-    n, stats = len(h0), []
+    run `chunk` at a time, each chunk stopping at its mark (_chunks). Also returns where the image that
+    reached each class's largest margin lands in penultimate features: a list of (chunk, F) tensors."""
+    n, stats, landed = len(h0), [], []
     for classes, mark in _chunks(num_classes, chunk, end):
         target = torch.tensor(classes, device=h0.device).repeat_interleave(n)
         var = h0.repeat(len(classes), 1, 1, 1).requires_grad_(True)  # (k*n, C, H, W)
         for step in range(steps):
-            m = margin(split.logits(var), target)  # (k*n,)
+            feats = split.pooled(var)  # (k*n, F)
+            m = margin(split.linear(feats), target)  # (k*n,)
             grad, = torch.autograd.grad(m.sum(), var)
             with torch.no_grad():
                 lr = _lr_at(step, steps)
                 var.mul_(1 - lr * HYP['weight_decay']).add_(grad / (grad.abs() + 1e-8), alpha=lr)  # Adam's eps
             if time.monotonic() > mark:
                 break
-        stats += m.detach().view(len(classes), n).amax(1).tolist()
-    return stats
+        best, at = m.detach().view(len(classes), n).max(1)
+        stats += best.tolist()
+        landed.append(feats.detach().view(len(classes), n, -1)[torch.arange(len(classes), device=at.device), at])
+    return stats, landed
 
 
 def contrast(patch, dense):

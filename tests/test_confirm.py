@@ -21,7 +21,8 @@ def test_margin_search_is_the_seed_reference_at_the_same_images(toy_model, monke
     with torch.enable_grad():
         ref = [seed.class_statistic(net, x, t) for t in range(10)]
         split = solution._Split(net, 2)
-        ours = solution._margin_search(split, split.features(x), 10, 3, 20, math.inf)
+        ours, landed = solution._margin_search(split, split.features(x), 10, 3, 20, math.inf)
+    assert [len(t) for t in landed] == [3, 3, 3, 1] and landed[0].shape[1] == split.linear.in_features
     assert len(ours) == 10 and ours != [ours[0]] * 10
     assert ours == pytest.approx(ref, rel=1e-4, abs=1e-5)
 
@@ -51,7 +52,7 @@ def test_confirm_takes_its_share_of_the_budget_after_the_release(toy_model, imag
 
     def search(split, h0, num_classes, chunk, steps, end):
         seen.update(split=len(split.stem), n=len(h0), steps=steps, end=end, release_ends=list(ends))
-        return [0.0] * num_classes
+        return [0.0] * num_classes, [torch.zeros(num_classes, split.linear.in_features)]
     monkeypatch.setattr(solution, '_margin_search', search)
     e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
     assert seen['split'] == 2 and seen['end'] == 1040.0  # conv1 + layer1[0], until the deadline
@@ -62,14 +63,15 @@ def test_confirm_takes_its_share_of_the_budget_after_the_release(toy_model, imag
 
 def _with_margins(monkeypatch, margins_of):
     """_margin_search replaced: per class, margins_of(num_classes) (the release's passes run as they are)."""
-    monkeypatch.setattr(solution, '_margin_search', lambda split, h0, num_classes, *a: margins_of(num_classes))
+    monkeypatch.setattr(solution, '_margin_search', lambda split, h0, num_classes, *a: (
+        margins_of(num_classes), [torch.zeros(num_classes, split.linear.in_features)]))
 
 
 @pytest.mark.parametrize('agree', [True, False])
-def test_either_takes_the_margin_test_only_where_a_release_pass_shares_its_top_class(toy_model, image_folder, fast,
-                                                                                   monkeypatch, agree):
+def test_agree_takes_the_margin_test_only_where_a_release_pass_shares_its_top_class(toy_model, image_folder, fast,
+                                                                                  monkeypatch, agree):
     monkeypatch.setitem(solution.HYP, 'confirm', 0.5)
-    monkeypatch.setitem(solution.HYP, 'combine', 'either')
+    monkeypatch.setitem(solution.HYP, 'combine', 'agree')
     release = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)  # its own margin test, to learn the tops
     tops = {max(range(10), key=lambda i: v[i]) for v in (release['per_class'], release['per_class_dense']) if v}
     spike = min(tops) if agree else min(set(range(10)) - tops)
@@ -82,6 +84,33 @@ def test_either_takes_the_margin_test_only_where_a_release_pass_shares_its_top_c
     else:  # the same margin at a class no pass leads with counts for nothing: the release alone, corrected
         assert e['p_value'] == pytest.approx(1 - (1 - e['p_release']) ** 2)
         assert e['judged'] != 'margin' and e['target'] != spike
+        monkeypatch.setitem(solution.HYP, 'combine', 'either')  # plain Sidak: it counts wherever it leads
+        e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+        assert e['p_value'] == pytest.approx(1 - (1 - e['p_margin']) ** 2) and e['target'] == spike
+
+
+def test_confirm_landing_discounts_a_class_whose_best_image_lands_among_its_own(toy_model, image_folder, fast,
+                                                                                 monkeypatch):
+    """Two classes reach the same largest margin; the one whose best image lands on its own clean images'
+    mean keeps (almost) nothing, the one that lands far off them keeps softplus of its margin."""
+    feats = {}
+    real = solution._clean_features
+    monkeypatch.setattr(solution, '_clean_features', lambda *a: feats.setdefault('v', real(*a)))
+    monkeypatch.setitem(solution.HYP, 'confirm', 0.5)
+    monkeypatch.setitem(solution.HYP, 'confirm_landing', 1.0)
+
+    def search(split, h0, num_classes, *a):
+        f, y = feats['v']
+        own = [f[y == c].mean(0) for c in range(num_classes)]
+        far = f.mean(0) + 10 * (f.mean(0) - own[1])  # far out, on no class's side
+        points = torch.stack([own[0]] + [far] * (num_classes - 1))
+        return [5.0, 5.0] + [0.0] * (num_classes - 2), [points]
+    monkeypatch.setattr(solution, '_margin_search', search)
+    e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    m = e['per_class_margin']
+    assert m[0] == pytest.approx(0.0, abs=1e-6)  # landed on class 0's own images: discounted to nothing
+    assert 0.7 * solution._softplus(5.0) < m[1] <= solution._softplus(5.0)  # off them: kept
+    assert m[2] < m[1] and e['p_margin'] == solution.max_p_value(m)
 
 
 def test_both_needs_the_margin_test_too(toy_model, image_folder, fast, monkeypatch):
@@ -91,7 +120,7 @@ def test_both_needs_the_margin_test_too(toy_model, image_folder, fast, monkeypat
     assert e['p_value'] == max(e['p_release'], e['p_margin']) and e['judged'] != 'margin'
 
 
-@pytest.mark.parametrize('key,bad', [('combine', 'or'), ('confirm', -0.1), ('confirm', 1.0), ('confirm', True), ('confirm', '0.5'),
+@pytest.mark.parametrize('key,bad', [('combine', 'or'), ('confirm_landing', -1.0), ('confirm', -0.1), ('confirm', 1.0), ('confirm', True), ('confirm', '0.5'),
                                      ('confirm', float('nan')), ('confirm_steps', 0), ('confirm_steps', 2.5),
                                      ('confirm_steps', True)])
 def test_confirm_settings_are_checked(toy_model, image_folder, monkeypatch, key, bad):
