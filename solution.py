@@ -116,7 +116,8 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        (Sidak); with 'agree', p_margin counts only if the margin's top class is the top class of the
        patch or the dense pass (else it is 1): a smaller rejection region, so no larger a false-positive
        rate. HYP['confirm_landing'] q > 0 scores each class by softplus(its largest margin) times
-       landing() ** q of the image that reached it, the release's discount of a naturally easy class.
+       landing() ** q of the image that reached it, the release's discount of a naturally easy class
+       (it did not discount MNIST's 8: RESULTS.md, The margin test as a plain alternative).
        Warp triggers (WaNet) move every pixel a little: the seed's free activations reach them where
        the release's shared direction often does not (RESULTS.md, WaNet and Adap-Blend). On 14 new
        models at a GPU's plan 'agree' was right on 2 fewer: MNIST's easy 8 leads the margin test and
