@@ -442,11 +442,6 @@ def margin(logits, target):
     return own - others
 
 
-def _softplus(v):
-    """log(1 + e^v) of a float, without overflow."""
-    return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
-
-
 def _lr_at(step, steps):
     warm = max(1, int(HYP['warmup'] * steps))
     if step < warm:
@@ -1089,8 +1084,8 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             chunk_c = _chunk(num_classes, h2.numel(), device)
             per_margin, margin_landed = _margin_search(seed_split, h2, num_classes, chunk_c, steps_c, deadline)
             if HYP['confirm_landing'] > 0:  # discount a class whose best image lands among its own clean ones
-                far = landing(torch.cat(margin_landed), feats, y, num_classes)
-                per_margin = [_softplus(m) * f ** HYP['confirm_landing'] for m, f in zip(per_margin, far)]
+                far = torch.tensor(landing(torch.cat(margin_landed), feats, y, num_classes), dtype=torch.float64)
+                per_margin = (F.softplus(torch.tensor(per_margin, dtype=torch.float64)) * far ** HYP['confirm_landing']).tolist()
     values = [v for runs, spikes in results for run in runs for v in run[0] + run[1] + run[2] + (spikes or [])]
     if not all(math.isfinite(v) for v in values + own + (per_margin or [])):
         raise ValueError('the model gives non-finite outputs (NaN or inf) on these images; no test is possible')
