@@ -122,6 +122,11 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        the release's shared direction often does not (RESULTS.md, WaNet and Adap-Blend). On 14 new
        models at a GPU's plan 'agree' was right on 2 fewer: MNIST's easy 8 leads the margin test and
        both passes alike (RESULTS.md, The margin test as an alternative).
+       HYP['confirm_read'] < 1 stops the search after that share of its schedule and reads the margins
+       there (0.1: the end of the warm-up, where each coordinate has moved by at most the warm-up's sum
+       of step sizes); HYP['confirm_others'] takes each class's largest margin over the other classes'
+       images only. Read at 100 steps, MNIST's 8 is reached as far as a trigger's target; read early,
+       only a shortcut the model learned is (RESULTS.md, The margin test read at the end of its warm-up).
     8. Off by default, HYP['draws'] (1) runs the release on several draws of the folder's images
        instead of one (each up to HYP['images'] a class, class-balanced: the folder's order, then the
        orders drawn from seeds 1, 2, ..., _draw_seeds), both passes each, and takes the median of
@@ -213,6 +218,8 @@ HYP = {
     'combine': 'both',       # confirm: 'both' p-values below P_THRESHOLD, or 'either' (Sidak over two), or 'agree' (either, the margin test only where a release pass's top class is its own)
     'confirm_landing': 0.0,  # confirm: each class's statistic is softplus(its largest margin) * landing() ** this of the image that reached it (0 = the raw margin)
     'confirm_steps': 100,    # confirm: sign steps per class at most (the seed's 100; the plan may take fewer)
+    'confirm_others': False, # confirm: each class's largest margin over the other classes' images only (False: every image, as the seed)
+    'confirm_read': 1.0,     # confirm: the share of its step schedule after which the margins are read (1 = the seed's end; 0.1 = the end of the warm-up)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
     'null': 'plug-in',       # p of the largest statistic: 'plug-in' 1 - F(max)^K (the seed's), or 'exact' (exact_tail)
@@ -233,7 +240,8 @@ HYP = {
 CHOICES = {'mode': ('free', 'universal'), 'init': ('images', 'noise'), 'reduce': ('max', 'mean'),
            'exclude_own': (False, True, 'sparse'), 'aggregate': ('mean', 'median'), 'statistic': ('transfer', 'margin'), 'own_norm': (True, False), 'own_floor': (False, True, 'sparse'),
            'log': (False, True), 'spike': (False, True), 'contrast': (False, True), 'leave_one_out': (False, True),
-           'window': (False, True), 'null': ('plug-in', 'exact'), 'combine': ('both', 'either', 'agree')}
+           'window': (False, True), 'null': ('plug-in', 'exact'), 'combine': ('both', 'either', 'agree'),
+           'confirm_others': (False, True)}
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.gif', '.tif', '.tiff', '.webp'}
 
@@ -998,6 +1006,9 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     c = HYP['confirm']
     if isinstance(c, bool) or not (isinstance(c, (int, float)) and 0 <= c < 1):
         raise ValueError(f"HYP['confirm'] is {c!r}; it is a share of the time, a number in [0, 1) (0 = off)")
+    r = HYP['confirm_read']
+    if isinstance(r, bool) or not (isinstance(r, (int, float)) and 0 < r <= 1):
+        raise ValueError(f"HYP['confirm_read'] is {r!r}; it is a share of the step schedule, a number in (0, 1]")
     for key, what in (('confirm_steps', 'a number of steps'), ('draws', 'a number of image draws')):  # counts
         v = HYP[key]
         if isinstance(v, bool) or not (isinstance(v, int) and v >= 1):
@@ -1046,7 +1057,8 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         left = 0.7 * (deadline - time.monotonic())  # 30% slack
         share = HYP['confirm']  # the confirming test's share of the time; the release plans with the rest
         if share:  # the confirming test's step: one forward-backward, no refinement (a little over its cost)
-            n_c, steps_c = _plan(sign_s, share * left, num_classes, len(h_all), max_steps=HYP['confirm_steps'])
+            # the ladder is over the schedule's length; only confirm_read of its steps run (and are priced)
+            n_c, steps_c = _plan(sign_s * HYP['confirm_read'], share * left, num_classes, len(h_all), max_steps=HYP['confirm_steps'])
             left *= 1 - share
         settings = _settings()  # every class runs the first whose last rung fits, else the cheapest
         refine, core = next((r_c for r_c in settings if _floor_fits(*costs(*r_c), left, num_classes, len(h_all))), settings[-1])
@@ -1079,10 +1091,12 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         per_margin = None
         if share:  # the seed's test on its own images: a balanced subset, through conv1 and layer1[0]
             seed_split = _Split(net, 2)
+            chosen_c = _balanced_indices(labels, n_c, HYP['image_seed'])
             with torch.no_grad():
-                h2 = seed_split.features(x[_balanced_indices(labels, n_c, HYP['image_seed'])].to(device))  # (n_c, C, H, W)
+                h2 = seed_split.features(x[chosen_c].to(device))  # (n_c, C, H, W)
             chunk_c = _chunk(num_classes, h2.numel(), device)
-            per_margin, margin_landed = _margin_search(seed_split, h2, num_classes, chunk_c, steps_c, deadline)
+            per_margin, margin_landed = _margin_search(seed_split, h2, num_classes, chunk_c, steps_c, deadline, HYP['confirm_read'],
+                                                       labels[chosen_c].to(device) if HYP['confirm_others'] else None)
             if HYP['confirm_landing'] > 0:  # discount a class whose best image lands among its own clean ones
                 far = torch.tensor(landing(torch.cat(margin_landed), feats, y, num_classes), dtype=torch.float64)
                 per_margin = (F.softplus(torch.tensor(per_margin, dtype=torch.float64)) * far ** HYP['confirm_landing']).tolist()
@@ -1096,15 +1110,9 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     runs, (finals, per_contrast, p, p_patch, test, judged) = results[middle][0], decided[middle]
     p_release, p_margin = p, None
     if per_margin is not None:
-        p_margin = max_p_value(per_margin)
-        if HYP['combine'] == 'both':  # an intersection-union test: backdoored only where both tests say so
-            p = max(p_release, p_margin)
-        else:  # alternatives, Sidak-corrected ('agree': the margin test counts only where a release pass leads with its class)
-            agrees = HYP['combine'] == 'either' or int(np.argmax(per_margin)) in {int(np.argmax(f)) for f in finals}
-            counted = p_margin if agrees else 1.0
-            p = 1 - (1 - min(p_release, counted)) ** 2
-            if counted < p_release:
-                test, judged = 'margin', per_margin
+        p, p_margin, decides = combine(p_release, per_margin, finals)
+        if decides:
+            test, judged = 'margin', per_margin
     raw, far, cores = runs[0]
     stats, dense = finals[0], finals[1] if len(finals) > 1 else None
     target = int(np.argmax(judged))
@@ -1207,20 +1215,24 @@ def _every_class(split, h0, labels, num_classes, chunk, steps, end, bounds, area
     return stats, landed, cut
 
 
-def _margin_search(split, h0, num_classes, chunk, steps, end):
+def _margin_search(split, h0, num_classes, chunk, steps, end, read=1.0, labels=None):
     """The seed's statistic, per class: the largest margin any image reaches when each image's activation
     h0 (n, C, H, W) (after `split`'s stem; the seed's is conv1 + layer1[0]) is its own free variable,
     pushed towards the class for `steps` sign steps. The seed rebuilds AdamW at every step, so each of
     its steps is Adam's first, lr * g / (|g| + 1e-8) (a sign step, except where the gradient g is
     tiny), plus the decoupled weight decay; this takes that step directly, on the release's warm-up and
-    cosine schedule. The margins are those of the last forward pass, as the seed reads them. Classes
+    cosine schedule. The margins are those of the last forward pass, as the seed reads them; with
+    `read` < 1 the search stops after that share of the schedule's steps (at least one), on the same
+    schedule, and reads the margins there (0.1: at the end of the warm-up). Given the images' `labels`,
+    each class's largest margin is taken over the other classes' images only (all, where it has no
+    other). Classes
     run `chunk` at a time, each chunk stopping at its mark (_chunks). Also returns where the image that
     reached each class's largest margin lands in penultimate features: a list of (chunk, F) tensors."""
     n, stats, landed = len(h0), [], []
     for classes, mark in _chunks(num_classes, chunk, end):
         target = torch.tensor(classes, device=h0.device).repeat_interleave(n)
         var = h0.repeat(len(classes), 1, 1, 1).requires_grad_(True)  # (k*n, C, H, W)
-        for step in range(steps):
+        for step in range(max(1, round(read * steps))):
             feats = split.pooled(var)  # (k*n, F)
             m = margin(split.linear(feats), target)  # (k*n,)
             grad, = torch.autograd.grad(m.sum(), var)
@@ -1229,10 +1241,27 @@ def _margin_search(split, h0, num_classes, chunk, steps, end):
                 var.mul_(1 - lr * HYP['weight_decay']).add_(grad / (grad.abs() + 1e-8), alpha=lr)  # Adam's eps
             if time.monotonic() > mark:
                 break
-        best, at = m.detach().view(len(classes), n).max(1)
+        m = m.detach().view(len(classes), n)
+        if labels is not None:  # a class's own images start ahead: left out where others exist
+            own = labels.view(1, n) == torch.tensor(classes, device=m.device).view(-1, 1)
+            m = torch.where(own & ~own.all(1, keepdim=True), torch.full_like(m, -math.inf), m)
+        best, at = m.max(1)
         stats += best.tolist()
         landed.append(feats.detach().view(len(classes), n, -1)[torch.arange(len(classes), device=at.device), at])
     return stats, landed
+
+
+def combine(p_release, per_margin, finals):
+    """(p-value, p_margin, whether the margin test decides) from the release's p-value, the margin test's
+    per-class statistics and the release passes' final statistics, by HYP['combine']: 'both', an
+    intersection-union test, max(p, p_margin); 'either', alternatives, 1 - (1 - min(p, p_margin))^2
+    (Sidak); 'agree', the same, with p_margin counted only where a pass leads with its class."""
+    p_margin = max_p_value(per_margin)
+    if HYP['combine'] == 'both':
+        return max(p_release, p_margin), p_margin, False
+    agrees = HYP['combine'] == 'either' or int(np.argmax(per_margin)) in {int(np.argmax(f)) for f in finals}
+    counted = p_margin if agrees else 1.0
+    return 1 - (1 - min(p_release, counted)) ** 2, p_margin, counted < p_release
 
 
 def contrast(patch, dense):

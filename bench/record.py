@@ -12,7 +12,8 @@ Rescoring rebuilds the per-class statistics from those margins under another red
 then applies the release's own landing factor, contrast and p-value (solution._decide), so a change to
 the statistic can be tried on many models in seconds, paired with the run that produced the record.
 Reductions: 'recorded' (the default: the one the record's call used, so rescoring reproduces the
-recorded p-value), 'mean' (over all images), 'median' (the median over all images: HYP['aggregate']
+recorded p-value; a call that ran the margin test, HYP['confirm'], has its statistics recorded as they
+came and combined with the rescored release as the call combined them), 'mean' (over all images), 'median' (the median over all images: HYP['aggregate']
 'median'), 'mean_other' (the mean over the images not labelled with the class), 'median_other' (their
 median). A call whose draw left each class's own images out (HYP['exclude_own']; by default where the
 draw holds fewer images than half the classes) holds margins under directions built without them and
@@ -97,7 +98,7 @@ RESCORABLE = ('core', 'landing', 'log', 'contrast_power', 'null', 'scale_floor',
 
 
 # Settings whose default is no longer off: a record taken before they existed ran without them.
-ADDED_OFF = {'exclude_own': False, 'own_floor': False, 'scale_floor': 0.0}
+ADDED_OFF = {'exclude_own': False, 'own_floor': False, 'scale_floor': 0.0, 'combine': 'both'}  # 'both': the confirming test before the choice
 
 
 def _apply(settings, hyp):
@@ -145,6 +146,10 @@ def rescore(rec, reduce='recorded', sets=()):
         per_draw = len(rec['passes']) // draws
         decided = [_rescore_draw(rec, rec['passes'][d * per_draw:(d + 1) * per_draw], fn, k) for d in range(draws)]
         p, judged, finals = decided[solution.median_draw([t[0] for t in decided])]  # as evidence()
+        margins = rec['evidence'].get('per_class_margin')
+        if margins is not None:  # the margin test's statistics as recorded, combined as the call combined them
+            p, _, decides = solution.combine(p, margins, finals)
+            judged = margins if decides else judged
     return p, max(range(k), key=lambda i: judged[i]), finals
 
 

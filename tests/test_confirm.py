@@ -28,11 +28,37 @@ def test_margin_search_is_the_seed_reference_at_the_same_images(toy_model, monke
     assert ours == pytest.approx(ref, rel=1e-4, abs=1e-5)
 
 
+def test_margin_search_reads_early_and_over_the_other_classes_images(toy_model):
+    """Each image is its own variable, so the batch's statistic is the largest of the images' own searches:
+    with labels, over the images of other classes only. read = 0.25 runs a quarter of the schedule's
+    forward passes and reads different margins than the schedule's end."""
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    split = solution._Split(toy_model.requires_grad_(False), 2)
+    calls, real = [0], split.pooled
+    split.pooled = lambda h: (calls.__setitem__(0, calls[0] + 1), real(h))[1]
+    with torch.enable_grad():
+        h0 = split.features(x)
+        alone = [solution._margin_search(split, h0[i:i + 1], 4, 4, 16, math.inf, 0.25)[0] for i in range(5)]
+        ahead = max(range(5), key=lambda i: alone[i][0])  # labelled class 0: the image that reaches it furthest
+        labels = torch.tensor([1, 2, 3, 1, 2])
+        labels[ahead] = 0
+        calls[0] = 0
+        early, _ = solution._margin_search(split, h0, 4, 4, 16, math.inf, 0.25, labels)
+        assert calls[0] == 4  # one chunk of 4 classes, 4 of the 16 steps
+        late, _ = solution._margin_search(split, h0, 4, 4, 16, math.inf, 1.0, labels)
+    for c in range(4):
+        assert early[c] == pytest.approx(max(alone[i][c] for i in range(5) if labels[i] != c), rel=1e-5, abs=1e-6)
+    assert early[0] < alone[ahead][0]  # class 0's own image is left out
+    assert late != pytest.approx(early)
+
+
 def test_confirm_is_an_intersection_union_and_leaves_the_release_alone(toy_model, image_folder, fast, monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'confirm', 0.0)
     off = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
     assert off['p_margin'] is None and off['per_class_margin'] is None and off['p_release'] == off['p_value']
     monkeypatch.setitem(solution.HYP, 'confirm', 0.5)
     monkeypatch.setitem(solution.HYP, 'confirm_steps', 16)
+    monkeypatch.setitem(solution.HYP, 'combine', 'both')
     on = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
     assert on['per_class'] == off['per_class'] and on['p_release'] == off['p_value']  # same plan, same release
     assert on['confirm_plan'] == (6, 16) and len(on['per_class_margin']) == 10
@@ -51,7 +77,7 @@ def test_confirm_takes_its_share_of_the_budget_after_the_release(toy_model, imag
                         lambda split, h0, labels, classes, steps, deadline, *a: (ends.append(deadline), real(split, h0, labels, classes, 1, math.inf, *a))[1])
     seen = {}
 
-    def search(split, h0, num_classes, chunk, steps, end):
+    def search(split, h0, num_classes, chunk, steps, end, *a):
         seen.update(split=len(split.stem), n=len(h0), steps=steps, end=end, release_ends=list(ends))
         return [0.0] * num_classes, [torch.zeros(num_classes, split.linear.in_features)]
     monkeypatch.setattr(solution, '_margin_search', search)
@@ -117,6 +143,7 @@ def test_confirm_landing_discounts_a_class_whose_best_image_lands_among_its_own(
 
 def test_both_needs_the_margin_test_too(toy_model, image_folder, fast, monkeypatch):
     monkeypatch.setitem(solution.HYP, 'confirm', 0.5)
+    monkeypatch.setitem(solution.HYP, 'combine', 'both')
     _with_margins(monkeypatch, lambda k: [50.0] + [1.0 + 0.01 * i for i in range(k - 1)])
     e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
     assert e['p_value'] == max(e['p_release'], e['p_margin']) and e['judged'] != 'margin'
@@ -124,7 +151,8 @@ def test_both_needs_the_margin_test_too(toy_model, image_folder, fast, monkeypat
 
 @pytest.mark.parametrize('key,bad', [('combine', 'or'), ('confirm_landing', -1.0), ('confirm', -0.1), ('confirm', 1.0), ('confirm', True), ('confirm', '0.5'),
                                      ('confirm', float('nan')), ('confirm_steps', 0), ('confirm_steps', 2.5),
-                                     ('confirm_steps', True)])
+                                     ('confirm_steps', True), ('confirm_read', 0.0), ('confirm_read', 1.5),
+                                     ('confirm_read', True), ('confirm_others', 'yes')])
 def test_confirm_settings_are_checked(toy_model, image_folder, monkeypatch, key, bad):
     monkeypatch.setitem(solution.HYP, key, bad)
     with pytest.raises(ValueError, match=key):
