@@ -214,12 +214,12 @@ HYP = {
     'core': 0.5,             # transfer, patch test: multiply each class's statistic by min(1, C / S) to this power (0 = off), C its statistic under the shared direction cut to one patch (_core)
     'landing': 1.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction lands from its clean images
     'spike': False,          # transfer: a third test, spike(): how far each class's patch direction drives some penultimate unit beyond the clean images
-    'confirm': 0.0,          # share of the planned time for a second test, the seed's largest margin (_margin_search) (0 = off)
-    'combine': 'both',       # confirm: 'both' p-values below P_THRESHOLD, or 'either' (Sidak over two), or 'agree' (either, the margin test only where a release pass's top class is its own)
+    'confirm': 0.2,          # share of the planned time for a second test, the seed's largest margin (_margin_search) (0 = off)
+    'combine': 'either',     # confirm: 'both' p-values below P_THRESHOLD, or 'either' (Sidak over two), or 'agree' (either, the margin test only where a release pass's top class is its own)
     'confirm_landing': 0.0,  # confirm: each class's statistic is softplus(its largest margin) * landing() ** this of the image that reached it (0 = the raw margin)
     'confirm_steps': 100,    # confirm: sign steps per class at most (the seed's 100; the plan may take fewer)
-    'confirm_others': False, # confirm: each class's largest margin over the other classes' images only (False: every image, as the seed)
-    'confirm_read': 1.0,     # confirm: the share of its step schedule after which the margins are read (1 = the seed's end; 0.1 = the end of the warm-up)
+    'confirm_others': True,  # confirm: each class's largest margin over the other classes' images only (False: every image, as the seed)
+    'confirm_read': 0.1,     # confirm: the share of its step schedule after which the margins are read (1 = the seed's end; 0.1 = the end of the warm-up)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
     'null': 'plug-in',       # p of the largest statistic: 'plug-in' 1 - F(max)^K (the seed's), or 'exact' (exact_tail)

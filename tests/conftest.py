@@ -77,6 +77,13 @@ def fast(monkeypatch):
 
 
 @pytest.fixture
+def release_alone(monkeypatch):
+    """The release's passes alone (HYP['confirm'] = 0, no margin test after them), for tests that plan,
+    time or score those passes with the whole budget."""
+    monkeypatch.setitem(__import__('solution').HYP, 'confirm', 0.0)
+
+
+@pytest.fixture
 def tiny(monkeypatch):
     """solution.HYP at TINY for one test."""
     _set_hyp(monkeypatch, TINY)

@@ -201,7 +201,7 @@ def test_the_reported_null_scale_is_the_one_the_p_value_used(toy_model, image_fo
         solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
 
 
-def test_the_contrast_runs_a_patch_pass_then_a_dense_pass_inside_one_budget(toy_model, image_folder, fast, monkeypatch):
+def test_the_contrast_runs_a_patch_pass_then_a_dense_pass_inside_one_budget(release_alone, toy_model, image_folder, fast, monkeypatch):
     """With the contrast on, every class is optimised twice: first with the area limit and the value
     bounds, then densely with neither. Each pass gets its share of the one budget, and the verdict
     comes from the smaller of the two p-values, Sidak-corrected."""
@@ -232,7 +232,7 @@ def test_the_contrast_runs_a_patch_pass_then_a_dense_pass_inside_one_budget(toy_
     assert e['statistic'] == max(judged) and e['target'] == judged.index(max(judged))
 
 
-def test_the_spike_test_reads_the_patch_pass_landing_points_and_joins_the_correction(toy_model, image_folder, fast, monkeypatch):
+def test_the_spike_test_reads_the_patch_pass_landing_points_and_joins_the_correction(release_alone, toy_model, image_folder, fast, monkeypatch):
     """HYP['spike'] on: spike() of the patch pass's landing points against the folder's clean
     features is a third test, and the p-value is Sidak's over the three; off, it is absent."""
     monkeypatch.setitem(solution.HYP, 'contrast', True)
@@ -255,7 +255,7 @@ def test_the_spike_test_reads_the_patch_pass_landing_points_and_joins_the_correc
     assert off['p_value'] == pytest.approx(1 - (1 - min(ps['patch'], ps['contrast'])) ** 2)
 
 
-def test_when_two_passes_would_starve_the_patch_pass_runs_alone_with_the_whole_budget(toy_model, image_folder, fast, monkeypatch):
+def test_when_two_passes_would_starve_the_patch_pass_runs_alone_with_the_whole_budget(release_alone, toy_model, image_folder, fast, monkeypatch):
     """A plan of fewer than HYP['contrast_plan'] images x steps per class for each of two passes (a
     full-width 100-class model on a small CPU) drops the dense pass: the patch pass is planned again
     with all the time, and the model is judged by its p-value alone."""
@@ -355,7 +355,7 @@ def test_the_planned_scoring_is_the_scoring_the_passes_run(toy_model, image_fold
     assert solution._scorings(solution.HYP['area'], refine) == cuts * solution._scorings(0.0, refine)
 
 
-def test_the_plan_charges_the_refinement_steps_and_refine_is_checked(toy_model, image_folder, fast, monkeypatch):
+def test_the_plan_charges_the_refinement_steps_and_refine_is_checked(release_alone, toy_model, image_folder, fast, monkeypatch):
     """With HYP['refine'] = r, every search step brings r refinement steps per norm with it, so the plan
     sees a step cost (1 + r * norms) times the probe's; a negative or non-number share is refused."""
     seen = []
@@ -377,7 +377,7 @@ def test_the_plan_charges_the_refinement_steps_and_refine_is_checked(toy_model, 
 @pytest.mark.parametrize('probe, setting', [((1.0, 0.1), 'refined'), ((5.0, 0.1), 'cut'), ((5.0, 3.0), 'plain'),
                                             ((30.0, 3.0), 'plain')])
 def test_where_the_last_rung_overshoots_every_class_runs_the_next_cheaper_setting(
-        toy_model, image_folder, fast, monkeypatch, probe, setting):
+        release_alone, toy_model, image_folder, fast, monkeypatch, probe, setting):
     """With 10 classes, 2 x 2 per class and 420 s planned (0.7 of the 600 s budget), (step, forward)
     seconds per image: (1, 0.1) affords the last rung refined (2 x (2 x 3 + 2 x 0.1) x 10 = 124 s);
     (5, 0.1) does not (604 s) but affords it unrefined with the core factor's cut scored (2 x (2 x 5 +

@@ -52,16 +52,14 @@ def test_training_worked(backdoored):
 
 @pytest.fixture(scope='module')
 def verdict(backdoored):
-    """evidence() on the model, once, with the confirming test on (HYP['confirm'] = 0.5): its
-    'p_release' is the release's own p-value, its 'verdict' the AND of both tests. A budget no machine
-    reaches, so the release always plans its full 30 images x 25 steps: the verdict must not depend on
-    how loaded the machine is (a smaller plan is a different draw). 600 s was not enough: half of it goes
-    to the confirming test, and on a 2-core machine running four jobs at once the release named class 2
-    (alone, the same code names 3). The confirming test runs 25 sign steps, not the seed's 100 (its p
-    3e-6 against 5e-8; the call 67 s against 90 s on a 2-core CPU)."""
+    """evidence() on the model, once, at the release's settings (the margin test included): its
+    'p_release' is the release's own p-value, its 'p_value' Sidak over that and the margin test's. A
+    budget no machine reaches, so the release always plans its full 30 images x 25 steps: the verdict
+    must not depend on how loaded the machine is (a smaller plan is a different draw; 600 s was not
+    enough on a 2-core machine running four jobs at once, where the release named class 2, alone 3)."""
     model, folder, transform, _ = backdoored
     with restoring(solution) as hyp:
-        hyp.update(budget_s=36000.0, confirm=0.5, confirm_steps=25)
+        hyp.update(budget_s=36000.0)
         ev = solution.evidence(model, 10, folder, transform)
     assert (ev['images'], ev['steps']) == (30, 25), ev  # the full plan, or the verdict is another draw
     return ev
@@ -76,6 +74,9 @@ def test_backdoored_model_is_flagged_at_its_target(verdict):
     assert verdict['p_release'] < solution.P_THRESHOLD and verdict['target'] == TARGET, verdict  # the release alone
 
 
-def test_the_confirming_test_keeps_the_backdoor_flagged(verdict):
-    """With the seed's largest-margin test as a confirmation (HYP['confirm']), both tests must say so."""
-    assert verdict['verdict'] == 0 and verdict['p_margin'] < solution.P_THRESHOLD, verdict
+def test_the_margin_test_is_an_alternative_to_the_release(verdict):
+    """The seed's largest-margin test, read at the end of its warm-up (HYP['confirm'] on by default):
+    the verdict is Sidak over the two p-values, so a backdoor the release finds stays flagged."""
+    p = 1 - (1 - min(verdict['p_release'], verdict['p_margin'])) ** 2
+    assert verdict['verdict'] == 0 and verdict['p_value'] == pytest.approx(p, rel=1e-9), verdict
+    assert verdict['confirm_plan'] == (30, 100) and len(verdict['per_class_margin']) == 10

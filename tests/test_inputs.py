@@ -294,7 +294,7 @@ def test_exponents_must_be_finite_numbers_at_least_zero(monkeypatch, toy_model, 
 
 
 @pytest.mark.parametrize('setting', [('area', 0.0), ('mode', 'universal'), ('statistic', 'margin')])
-def test_without_a_patch_pass_the_contrast_is_skipped(monkeypatch, toy_model, image_folder, fast, setting):
+def test_without_a_patch_pass_the_contrast_is_skipped(release_alone, monkeypatch, toy_model, image_folder, fast, setting):
     """The contrast compares a patch pass with a dense one; with no area limit (or in universal mode)
     there is no patch pass, and the 'margin' statistic can be negative: one pass, its own p-value."""
     monkeypatch.setitem(solution.HYP, 'contrast', True)
@@ -348,7 +348,7 @@ def test_draws_run_only_where_each_still_gets_the_top_rung(monkeypatch):
     assert solution._draw_seeds(3) == [7, 8, 9]
 
 
-def test_draws_median_p_is_the_single_draws_run_apart(toy_model, image_folder, tiny, monkeypatch):
+def test_draws_median_p_is_the_single_draws_run_apart(release_alone, toy_model, image_folder, tiny, monkeypatch):
     monkeypatch.setitem(solution.HYP, 'draws', 3)
     ev = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
     assert ev['draws'] == 3 and len(ev['p_draws']) == 3 and ev['images'] == TINY['images']
