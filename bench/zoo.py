@@ -175,6 +175,12 @@ GATE_MODELS = (
     ('mnist', None, 982, dict(adv='fgsm')), ('mnist', None, 983, dict(augment=False)),
     ('mnist', 'badnets', 980, dict(params=dict(patch=5))), ('mnist', 'blended', 981, {}),
     ('cifar10', 'wanet', 985, {}), ('cifar10', None, 980, {}), ('cifar10', None, 981, dict(adv='fgsm')),
+    ('mnist', 'wanet', 990, {}), ('mnist', None, 990, {}), ('mnist', None, 992, dict(adv='fgsm')),
+    ('cifar10', 'badnets', 991, {}), ('cifar10', None, 990, {}), ('cifar10', 'wanet', 991, {}),
+    ('mnist', None, 991, dict(augment=False)), ('mnist', None, 993, {}), ('mnist', 'blended', 993, {}),
+    ('cifar10', None, 991, dict(adv='fgsm')), ('cifar10', 'wanet', 994, {}), ('mnist', None, 994, {}),
+    ('cifar10', None, 994, {}), ('cifar10', 'blended', 995, {}), ('mnist', 'wanet', 995, {}),
+    ('mnist', None, 995, dict(adv='fgsm')), ('cifar10', None, 995, dict(adv='fgsm')), ('cifar10', 'trojannn', 996, {}),
 )
 
 
