@@ -105,28 +105,24 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        the units of where it lands them). A trigger is a feature of its own and often has units of
        its own; a naturally easy class lands its images among that class's clean ones. Its K values
        go through step 4 too, and the correction becomes 1 - (1 - min of three)^3 (RESULTS.md).
-    7. Off by default, HYP['confirm'] (a share of the time) adds the seed's own test as a confirmation:
-       per class, the largest margin any image reaches when its conv1 + layer1[0] activation is pushed
-       towards the class by sign steps (_margin_search, up to HYP['confirm_steps'], the seed's 100),
-       judged by step 4's null. With HYP['combine'] 'both', the model is backdoored only where both
-       p-values are below P_THRESHOLD, p = max(p, p_margin) (an intersection-union test: no correction
-       needed, the one constant unchanged). The seed's test rarely flags a clean model but misses many
-       backdoors; the release finds more backdoors and flags more clean models (RESULTS.md, The
-       confirming test). With 'either', the two are alternatives, p = 1 - (1 - min(p, p_margin))^2
-       (Sidak); with 'agree', p_margin counts only if the margin's top class is the top class of the
-       patch or the dense pass (else it is 1): a smaller rejection region, so no larger a false-positive
-       rate. HYP['confirm_landing'] q > 0 scores each class by softplus(its largest margin) times
-       landing() ** q of the image that reached it, the release's discount of a naturally easy class
-       (it did not discount MNIST's 8: RESULTS.md, The margin test as a plain alternative).
-       Warp triggers (WaNet) move every pixel a little: the seed's free activations reach them where
-       the release's shared direction often does not (RESULTS.md, WaNet and Adap-Blend). On 14 new
-       models at a GPU's plan 'agree' was right on 2 fewer: MNIST's easy 8 leads the margin test and
-       both passes alike (RESULTS.md, The margin test as an alternative).
-       HYP['confirm_read'] < 1 stops the search after that share of its schedule and reads the margins
-       there (0.1: the end of the warm-up, where each coordinate has moved by at most the warm-up's sum
-       of step sizes); HYP['confirm_others'] takes each class's largest margin over the other classes'
-       images only. Read at 100 steps, MNIST's 8 is reached as far as a trigger's target; read early,
-       only a shortcut the model learned is (RESULTS.md, The margin test read at the end of its warm-up).
+    7. HYP['confirm'] (0.2 of the time; 0 turns it off) adds the seed's own test as a second test: per
+       class, the largest margin an image of another class reaches when its conv1 + layer1[0]
+       activation is pushed towards the class by sign steps (_margin_search, the seed's schedule of
+       HYP['confirm_steps'] = 100 steps with its warm-up), read at the end of the warm-up
+       (HYP['confirm_read'] = 0.1: ten steps, each coordinate moved by at most the warm-up's step
+       sizes, about 0.45), judged by step 4's null. Read at the seed's 100 steps, MNIST's 8 is reached
+       as far as a trigger's target on clean models (RESULTS.md, The margin test as an alternative);
+       read early, a shortcut the model learned stands out and a naturally easy class does not yet,
+       and a class's own images, which start ahead, are left out (HYP['confirm_others']). With
+       HYP['combine'] 'either' (the default) the two tests are alternatives, p = 1 - (1 - min(p,
+       p_margin))^2 (Sidak); 'both' needs both (p = max(p, p_margin), an intersection-union test);
+       'agree' counts p_margin only where its top class is the patch or the dense pass's.
+       HYP['confirm_landing'] q > 0 scores each class by softplus(its largest margin) times landing()
+       ** q of the image that reached it (it did not discount MNIST's 8). Warp triggers (WaNet) move
+       every pixel a little: per-image activations reach them where the release's shared direction
+       often does not. On 18 new real models the pair was right on 14 at this CPU's plans and 15 at a
+       GPU's (the release alone 9 and 11), with fewer clean models flagged (RESULTS.md, The margin
+       test read at the end of its warm-up).
     8. Off by default, HYP['draws'] (1) runs the release on several draws of the folder's images
        instead of one (each up to HYP['images'] a class, class-balanced: the folder's order, then the
        orders drawn from seeds 1, 2, ..., _draw_seeds), both passes each, and takes the median of
@@ -144,7 +140,8 @@ scaled down: fewer steps first while HYP['plan_images'] (8) images still fit, th
 steps, then 2 (_plan). Where half the time would leave each pass a plan of fewer than
 HYP['contrast_plan'] images x steps per class (full-width 100-class or 64 px models on a 2-core CPU),
 the patch pass runs alone with all of it, as with the contrast off. With HYP['confirm'], that share
-of the time is planned for the confirming test (its own images x steps from the same ladder) and the
+of the time is planned for the confirming test (_confirm_plan: read early, its 100-step schedule
+kept and fewer images where 30 do not fit; read at the end, steps first as the release) and the
 release's passes plan with the rest; the confirming test runs last, until the deadline. Where the
 release's plan is the ladder's top and a share of its time would still be, HYP['draws'] runs that many
 image draws (step 8), each pass of each draw with an equal share of the release's time. Where even the
@@ -853,7 +850,7 @@ def _plan(step_seconds, seconds, num_classes, n_images, score_seconds=0.0, max_s
     n_max = min(HYP['images'], n_images)
     per_class = seconds / num_classes
     top = HYP['steps'] if max_steps is None else max_steps
-    sizes = sorted({n for n in (n_max, 12, 8, 4, 2) if n <= n_max}, reverse=True)  # each once (n_max may be 12)
+    sizes = _sizes(n_images)
     first = min(HYP['plan_images'], n_max)  # every step share with at least this many (or all there are) before fewer
     for group in [[n for n in sizes if n >= first]] + [[n] for n in sizes if n < first]:
         for share in (1, 0.6, 0.4, 0.25, 0.1, 0.05):
@@ -867,6 +864,28 @@ def _plan(step_seconds, seconds, num_classes, n_images, score_seconds=0.0, max_s
 def _rung_seconds(n, steps, step_seconds, score_seconds):
     """Seconds per class of a rung, n images x `steps` steps: each image's steps, then its scoring."""
     return n * (steps * step_seconds + score_seconds)
+
+
+def _confirm_plan(step_seconds, seconds, num_classes, n_images):
+    """Images and schedule length of the margin test that fit `seconds`. Read at the schedule's end
+    (HYP['confirm_read'] 1, the seed's), the release's ladder (_plan, up to HYP['confirm_steps']).
+    Read earlier, the schedule is what the statistic means (how far the warm-up's steps move an
+    activation), so it stays HYP['confirm_steps'] and only the images go down the ladder's sizes,
+    each priced at the steps that run; where none fits, the smallest (the deadline still stops it)."""
+    read = HYP['confirm_read']
+    if read >= 1:
+        return _plan(step_seconds, seconds, num_classes, n_images, max_steps=HYP['confirm_steps'])
+    steps = HYP['confirm_steps']
+    run = max(1, round(read * steps))
+    sizes = _sizes(n_images)
+    fits = [n for n in sizes if _rung_seconds(n, run, step_seconds, 0.0) * num_classes <= seconds]
+    return (fits[0] if fits else sizes[-1]), steps
+
+
+def _sizes(n_images):
+    """The ladder's image counts, largest first: HYP['images'] (or all there are), 12, 8, 4, 2, each once."""
+    n_max = min(HYP['images'], n_images)
+    return sorted({n for n in (n_max, 12, 8, 4, 2) if n <= n_max}, reverse=True)
 
 
 def _floor(n_images):
@@ -1057,8 +1076,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         left = 0.7 * (deadline - time.monotonic())  # 30% slack
         share = HYP['confirm']  # the confirming test's share of the time; the release plans with the rest
         if share:  # the confirming test's step: one forward-backward, no refinement (a little over its cost)
-            # the ladder is over the schedule's length; only confirm_read of its steps run (and are priced)
-            n_c, steps_c = _plan(sign_s * HYP['confirm_read'], share * left, num_classes, len(h_all), max_steps=HYP['confirm_steps'])
+            n_c, steps_c = _confirm_plan(sign_s, share * left, num_classes, len(h_all))
             left *= 1 - share
         settings = _settings()  # every class runs the first whose last rung fits, else the cheapest
         refine, core = next((r_c for r_c in settings if _floor_fits(*costs(*r_c), left, num_classes, len(h_all))), settings[-1])
