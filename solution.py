@@ -214,7 +214,7 @@ HYP = {
     'confirm': 0.2,          # share of the planned time for a second test, the seed's largest margin (_margin_search) (0 = off)
     'combine': 'either',     # confirm: 'both' p-values below P_THRESHOLD, or 'either' (Sidak over two), or 'agree' (either, the margin test only where a release pass's top class is its own)
     'confirm_landing': 0.0,  # confirm: each class's statistic is softplus(its largest margin) * landing() ** this of the image that reached it (0 = the raw margin)
-    'confirm_steps': 100,    # confirm: sign steps per class at most (the seed's 100; the plan may take fewer)
+    'confirm_steps': 100,    # confirm: its schedule's sign steps per class (the seed's 100; read at the end, the plan may take fewer)
     'confirm_others': True,  # confirm: each class's largest margin over the other classes' images only (False: every image, as the seed)
     'confirm_read': 0.1,     # confirm: the share of its step schedule after which the margins are read (1 = the seed's end; 0.1 = the end of the warm-up)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
@@ -1154,7 +1154,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'p_release': p_release,                  # the p-value of the tests above, before the confirming test
         'p_margin': p_margin,                    # confirm: the confirming test's p-value (None when off)
         'per_class_margin': per_margin,          # confirm: its largest margin per class (None when off; confirm_landing: softplus, discounted)
-        'confirm_plan': (n_c, steps_c) if share else None,  # confirm: its images and steps per class
+        'confirm_plan': (n_c, steps_c) if share else None,  # confirm: its images and schedule length per class (confirm_read of the steps run)
         'p_draws': p_draws,                      # each image draw's p-value; p_release is their median (one draw: its own)
         'draw': middle,                          # the draw whose statistics the fields above report
         'images': int(len(h0)), 'steps': steps, 'draws': draws, 'data_free': data_free,
