@@ -1243,12 +1243,13 @@ def _margin_search(split, h0, num_classes, chunk, steps, end, read=1.0, labels=N
     `read` < 1 the search stops after that share of the schedule's steps (at least one), on the same
     schedule, and reads the margins there (0.1: at the end of the warm-up). Given the images' `labels`,
     each class's largest margin is taken over the other classes' images only (all, where it has no
-    other). Classes
-    run `chunk` at a time, each chunk stopping at its mark (_chunks). Also returns where the image that
-    reached each class's largest margin lands in penultimate features: a list of (chunk, F) tensors."""
+    other). Classes run `chunk` at a time, each chunk stopping at its mark (_chunks). Also returns
+    where the image that reached each class's largest margin lands in penultimate features: a list of
+    (chunk, F) tensors."""
     n, stats, landed = len(h0), [], []
     for classes, mark in _chunks(num_classes, chunk, end):
-        target = torch.tensor(classes, device=h0.device).repeat_interleave(n)
+        chunk_classes = torch.tensor(classes, device=h0.device)
+        target = chunk_classes.repeat_interleave(n)
         var = h0.repeat(len(classes), 1, 1, 1).requires_grad_(True)  # (k*n, C, H, W)
         for step in range(max(1, round(read * steps))):
             feats = split.pooled(var)  # (k*n, F)
@@ -1261,7 +1262,7 @@ def _margin_search(split, h0, num_classes, chunk, steps, end, read=1.0, labels=N
                 break
         m = m.detach().view(len(classes), n)
         if labels is not None:  # a class's own images start ahead: left out where others exist
-            own = labels.view(1, n) == torch.tensor(classes, device=m.device).view(-1, 1)
+            own = labels.view(1, n) == chunk_classes.view(-1, 1)
             m = torch.where(own & ~own.all(1, keepdim=True), torch.full_like(m, -math.inf), m)
         best, at = m.max(1)
         stats += best.tolist()

@@ -163,7 +163,8 @@ def _preset_holdout():
 
 # Models built one by one as a rule's fresh models (RESULTS.md names the rule), width 16 at the `real` caps:
 # (data, attack or None for clean, seed, spec keywords). Seeds 970-976: the margin test as an alternative
-# where the classes agree; seeds 980-985: the margin test as a plain alternative, landing-discounted.
+# where the classes agree; seeds 980-985: the margin test as a plain alternative, landing-discounted;
+# seeds 990-996: the margin test read at the end of its warm-up.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),

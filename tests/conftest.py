@@ -80,7 +80,7 @@ def fast(monkeypatch):
 def release_alone(monkeypatch):
     """The release's passes alone (HYP['confirm'] = 0, no margin test after them), for tests that plan,
     time or score those passes with the whole budget."""
-    monkeypatch.setitem(__import__('solution').HYP, 'confirm', 0.0)
+    _set_hyp(monkeypatch, {'confirm': 0.0})
 
 
 @pytest.fixture
