@@ -217,6 +217,7 @@ HYP = {
     'confirm_steps': 100,    # confirm: its schedule's sign steps per class (the seed's 100; read at the end, the plan may take fewer)
     'confirm_others': True,  # confirm: each class's largest margin over the other classes' images only (False: every image, as the seed)
     'confirm_read': 0.1,     # confirm: the share of its step schedule after which the margins are read (1 = the seed's end; 0.1 = the end of the warm-up)
+    'confirm_min': 0,        # confirm: the fewest images it runs with; where its share fits fewer, it is skipped and the release has the whole time (0: it always runs, on the smallest plan where none fits)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
     'null': 'plug-in',       # p of the largest statistic: 'plug-in' 1 - F(max)^K (the seed's), or 'exact' (exact_tail)
@@ -871,15 +872,23 @@ def _confirm_plan(step_seconds, seconds, num_classes, n_images):
     (HYP['confirm_read'] 1, the seed's), the release's ladder (_plan, up to HYP['confirm_steps']).
     Read earlier, the schedule is what the statistic means (how far the warm-up's steps move an
     activation), so it stays HYP['confirm_steps'] and only the images go down the ladder's sizes,
-    each priced at the steps that run; where none fits, the smallest (the deadline still stops it)."""
+    each priced at the steps that run; where none fits, the smallest (the deadline still stops it). With
+    HYP['confirm_min'] k > 0: None (the test is skipped) where the plan that fits has fewer than k images
+    (or fewer than the folder holds) or none fits."""
     read = HYP['confirm_read']
     if read >= 1:
-        return _plan(step_seconds, seconds, num_classes, n_images, max_steps=HYP['confirm_steps'])
-    steps = HYP['confirm_steps']
-    run = max(1, round(read * steps))
-    sizes = _sizes(n_images)
-    fits = [n for n in sizes if _rung_seconds(n, run, step_seconds, 0.0) * num_classes <= seconds]
-    return (fits[0] if fits else sizes[-1]), steps
+        n, steps = _plan(step_seconds, seconds, num_classes, n_images, max_steps=HYP['confirm_steps'])
+        run = steps
+    else:
+        steps = HYP['confirm_steps']
+        run = max(1, round(read * steps))
+        sizes = _sizes(n_images)
+        fits = [k for k in sizes if _rung_seconds(k, run, step_seconds, 0.0) * num_classes <= seconds]
+        n = fits[0] if fits else sizes[-1]
+    least = HYP['confirm_min']
+    if least and (n < min(least, n_images) or _rung_seconds(n, run, step_seconds, 0.0) * num_classes > seconds):
+        return None
+    return n, steps
 
 
 def _sizes(n_images):
@@ -1028,10 +1037,11 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     r = HYP['confirm_read']
     if isinstance(r, bool) or not (isinstance(r, (int, float)) and 0 < r <= 1):
         raise ValueError(f"HYP['confirm_read'] is {r!r}; it is a share of the step schedule, a number in (0, 1]")
-    for key, what in (('confirm_steps', 'a number of steps'), ('draws', 'a number of image draws')):  # counts
+    for key, what, least in (('confirm_steps', 'a number of steps', 1), ('draws', 'a number of image draws', 1),
+                             ('confirm_min', 'a number of images (0 = always run)', 0)):  # counts
         v = HYP[key]
-        if isinstance(v, bool) or not (isinstance(v, int) and v >= 1):
-            raise ValueError(f"HYP['{key}'] is {v!r}; it is {what}, an int >= 1")
+        if isinstance(v, bool) or not (isinstance(v, int) and v >= least):
+            raise ValueError(f"HYP['{key}'] is {v!r}; it is {what}, an int >= {least}")
     seed = HYP['image_seed']
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"HYP['image_seed'] is {seed!r}; it is None (the folder's order) or an int >= 0")
@@ -1075,8 +1085,11 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             return sign_s * (1 + _refinings(refine)), _scorings(_area(), refine, core) * forward_s
         left = 0.7 * (deadline - time.monotonic())  # 30% slack
         share = HYP['confirm']  # the confirming test's share of the time; the release plans with the rest
-        if share:  # the confirming test's step: one forward-backward, no refinement (a little over its cost)
-            n_c, steps_c = _confirm_plan(sign_s, share * left, num_classes, len(h_all))
+        plan_c = _confirm_plan(sign_s, share * left, num_classes, len(h_all)) if share else None  # its step: one forward-backward, no refinement (a little over its cost)
+        if plan_c is None:  # off, or too little time for HYP['confirm_min'] images: the release has it all
+            share = 0.0
+        else:
+            n_c, steps_c = plan_c
             left *= 1 - share
         settings = _settings()  # every class runs the first whose last rung fits, else the cheapest
         refine, core = next((r_c for r_c in settings if _floor_fits(*costs(*r_c), left, num_classes, len(h_all))), settings[-1])
@@ -1152,7 +1165,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'per_class_spike': spikes,               # spike: spike() of the patch pass (None when off or data-free)
         'null_loc': loc, 'null_scale': max(scale, HYP['scale_floor']),  # the null fitted to that test's other statistics (its scale floored, as max_p_value)
         'p_release': p_release,                  # the p-value of the tests above, before the confirming test
-        'p_margin': p_margin,                    # confirm: the confirming test's p-value (None when off)
+        'p_margin': p_margin,                    # confirm: the confirming test's p-value (None when off or skipped, HYP['confirm_min'])
         'per_class_margin': per_margin,          # confirm: its largest margin per class (None when off; confirm_landing: softplus, discounted)
         'confirm_plan': (n_c, steps_c) if share else None,  # confirm: its images and schedule length per class (confirm_read of the steps run)
         'p_draws': p_draws,                      # each image draw's p-value; p_release is their median (one draw: its own)

@@ -66,6 +66,44 @@ def test_read_early_the_margin_test_keeps_its_schedule_and_plans_fewer_images(mo
     assert solution._confirm_plan(1.0, 2999.0, 10, 40)[1] < 100
 
 
+def test_confirm_min_skips_the_margin_test_where_too_few_images_fit(monkeypatch):
+    """HYP['confirm_min'] k: the plan stands where at least k images fit (or all the folder holds),
+    else None; where not even the smallest fits, None at any k > 0, the smallest plan at 0."""
+    monkeypatch.setitem(solution.HYP, 'confirm_read', 0.1)
+    monkeypatch.setitem(solution.HYP, 'confirm_min', 8)
+    assert solution._confirm_plan(1.0, 2999.0, 10, 40) == (12, 100)
+    assert solution._confirm_plan(1.0, 799.0, 10, 40) is None  # 4 fit, not 8
+    assert solution._confirm_plan(1.0, 499.0, 10, 5) is None  # 4 of the folder's 5 fit: fewer than 8 and than 5
+    assert solution._confirm_plan(1.0, 1e9, 10, 5) == (5, 100)  # all the folder holds, though under 8
+    monkeypatch.setitem(solution.HYP, 'confirm_min', 2)
+    assert solution._confirm_plan(1.0, 799.0, 10, 40) == (4, 100)
+    assert solution._confirm_plan(1.0, 199.0, 10, 40) is None  # not even 2 images fit
+    monkeypatch.setitem(solution.HYP, 'confirm_min', 0)
+    assert solution._confirm_plan(1.0, 199.0, 10, 40) == (2, 100)  # runs anyway; the deadline stops it
+    monkeypatch.setitem(solution.HYP, 'confirm_read', 1.0)
+    monkeypatch.setitem(solution.HYP, 'confirm_min', 2)
+    assert solution._confirm_plan(1.0, 2999.0, 10, 40) == solution._plan(1.0, 2999.0, 10, 40, max_steps=100)
+    assert solution._confirm_plan(1.0, 1.0, 10, 40) is None  # the ladder's floor does not fit either
+
+
+def test_a_skipped_margin_test_leaves_the_release_the_whole_time(toy_model, image_folder, fast, monkeypatch):
+    """Skipped (HYP['confirm_min'] more images than fit its share), no margin search runs, the release's
+    passes run to the deadline and the verdict is theirs, uncorrected."""
+    clock = [1000.0]
+    monkeypatch.setattr(solution.time, 'monotonic', lambda: clock[0])
+    monkeypatch.setitem(solution.HYP, 'budget_s', 40.0)
+    monkeypatch.setitem(solution.HYP, 'confirm', 0.25)
+    monkeypatch.setattr(solution, '_confirm_plan', lambda *a: None)  # as where too few images fit
+    monkeypatch.setattr(solution, '_margin_search', lambda *a: pytest.fail('the skipped margin test ran'))
+    ends, real = [], solution._class_statistics
+    monkeypatch.setattr(solution, '_class_statistics',
+                        lambda split, h0, labels, classes, steps, deadline, *a: (ends.append(deadline), real(split, h0, labels, classes, 1, math.inf, *a))[1])
+    e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert max(ends) == pytest.approx(1040.0)  # the release's passes end at the deadline, not at 3/4
+    assert e['confirm_plan'] is None and e['p_margin'] is None and e['per_class_margin'] is None
+    assert e['p_value'] == e['p_release'] and e['judged'] != 'margin'
+
+
 def test_confirm_is_an_intersection_union_and_leaves_the_release_alone(toy_model, image_folder, fast, monkeypatch):
     monkeypatch.setitem(solution.HYP, 'confirm', 0.0)
     off = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
@@ -166,7 +204,8 @@ def test_both_needs_the_margin_test_too(toy_model, image_folder, fast, monkeypat
 @pytest.mark.parametrize('key,bad', [('combine', 'or'), ('confirm_landing', -1.0), ('confirm', -0.1), ('confirm', 1.0), ('confirm', True), ('confirm', '0.5'),
                                      ('confirm', float('nan')), ('confirm_steps', 0), ('confirm_steps', 2.5),
                                      ('confirm_steps', True), ('confirm_read', 0.0), ('confirm_read', 1.5),
-                                     ('confirm_read', True), ('confirm_others', 'yes')])
+                                     ('confirm_read', True), ('confirm_others', 'yes'), ('confirm_min', -1),
+                                     ('confirm_min', 2.0), ('confirm_min', True)])
 def test_confirm_settings_are_checked(toy_model, image_folder, monkeypatch, key, bad):
     monkeypatch.setitem(solution.HYP, key, bad)
     with pytest.raises(ValueError, match=key):
