@@ -217,7 +217,7 @@ HYP = {
     'confirm_steps': 100,    # confirm: its schedule's sign steps per class (the seed's 100; read at the end, the plan may take fewer)
     'confirm_others': True,  # confirm: each class's largest margin over the other classes' images only (False: every image, as the seed)
     'confirm_read': 0.1,     # confirm: the share of its step schedule after which the margins are read (1 = the seed's end; 0.1 = the end of the warm-up)
-    'confirm_min': 0,        # confirm: the fewest images it runs with; where its share fits fewer, it is skipped and the release has the whole time (0: it always runs, on the smallest plan where none fits)
+    'confirm_min': 2,        # confirm: the fewest images it runs with; where its share fits fewer, it is skipped and the release has the whole time (0: it always runs, on the smallest plan where none fits, cut by the deadline)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
     'null': 'plug-in',       # p of the largest statistic: 'plug-in' 1 - F(max)^K (the seed's), or 'exact' (exact_tail)
@@ -1085,7 +1085,8 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             return sign_s * (1 + _refinings(refine)), _scorings(_area(), refine, core) * forward_s
         left = 0.7 * (deadline - time.monotonic())  # 30% slack
         share = HYP['confirm']  # the confirming test's share of the time; the release plans with the rest
-        plan_c = _confirm_plan(sign_s, share * left, num_classes, len(h_all)) if share else None  # its step: one forward-backward, no refinement (a little over its cost)
+        # the confirming test's step: one forward-backward, no refinement (a little over its cost)
+        plan_c = _confirm_plan(sign_s, share * left, num_classes, len(h_all)) if share else None
         if plan_c is None:  # off, or too little time for HYP['confirm_min'] images: the release has it all
             share = 0.0
         else:

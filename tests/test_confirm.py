@@ -55,8 +55,9 @@ def test_margin_search_reads_early_and_over_the_other_classes_images(toy_model):
 def test_read_early_the_margin_test_keeps_its_schedule_and_plans_fewer_images(monkeypatch):
     """Read at 0.1 of 100 steps, each image costs 10 steps a class: 30 images of 10 classes need 3000 s at
     1 s a step; with less, 12, then the smallest size, always on the 100-step schedule. Read at the
-    end, the release's ladder (steps first)."""
+    end, the release's ladder (steps first). (With HYP['confirm_min'] 0; its skip: the next test.)"""
     monkeypatch.setitem(solution.HYP, 'confirm_read', 0.1)
+    monkeypatch.setitem(solution.HYP, 'confirm_min', 0)
     assert solution._confirm_plan(1.0, 3000.0, 10, 40) == (30, 100)
     assert solution._confirm_plan(1.0, 2999.0, 10, 40) == (12, 100)
     assert solution._confirm_plan(1.0, 1.0, 10, 40) == (2, 100)
