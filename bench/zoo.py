@@ -161,6 +161,10 @@ def _preset_holdout():
     return out
 
 
+# The embedded data's many-class gate models: width 8, 20 epochs, as the default preset's many-class pairs.
+_SYN100 = dict(width=8, epochs=20, data_kw=dict(num_classes=100, n_train=40, n_test=10))
+_SYN200 = dict(width=8, epochs=20, data_kw=dict(num_classes=200, n_train=25, n_test=10))
+
 # Models built one by one as a rule's fresh models (RESULTS.md names the rule), width 16 at the `real` caps:
 # (data, attack or None for clean, seed, spec keywords). Seeds 970-976: the margin test as an alternative
 # where the classes agree; seeds 980-985: the margin test as a plain alternative, landing-discounted;
@@ -182,13 +186,30 @@ GATE_MODELS = (
     ('cifar10', None, 991, dict(adv='fgsm')), ('cifar10', 'wanet', 994, {}), ('mnist', None, 994, {}),
     ('cifar10', None, 994, {}), ('cifar10', 'blended', 995, {}), ('mnist', 'wanet', 995, {}),
     ('mnist', None, 995, dict(adv='fgsm')), ('cifar10', None, 995, dict(adv='fgsm')), ('cifar10', 'trojannn', 996, {}),
+    # seeds 1000-1004: the margin test's share at 43-200 classes; 1010-1012: skipped where 2 images do not fit
+    ('synthetic', 'badnets', 1000, _SYN200), ('synthetic', None, 1000, _SYN200), ('synthetic', 'badnets', 1001, _SYN100),
+    ('synthetic', None, 1001, _SYN100), ('tiny32', 'badnets', 1000, {}), ('tiny32', None, 1000, {}),
+    ('tiny32', 'blended', 1001, {}), ('tiny32', None, 1001, dict(adv='fgsm')), ('tiny32', 'trojannn', 1002, {}),
+    ('tiny32', None, 1002, {}), ('gtsrb', 'badnets', 1000, {}), ('gtsrb', None, 1000, {}), ('gtsrb', 'blended', 1001, {}),
+    ('gtsrb', None, 1001, {}), ('gtsrb', 'sig', 1002, {}), ('gtsrb', None, 1002, dict(adv='fgsm')),
+    ('gtsrb', 'trojannn', 1003, {}), ('gtsrb', None, 1003, {}), ('synthetic', 'blended', 1002, _SYN200),
+    ('synthetic', None, 1002, _SYN200), ('gtsrb', 'wanet', 1004, {}), ('tiny32', 'wanet', 1004, {}),
+    ('synthetic', 'badnets', 1010, _SYN200), ('synthetic', None, 1010, _SYN200), ('tiny32', 'badnets', 1010, {}),
+    ('synthetic', None, 1011, _SYN100), ('synthetic', 'blended', 1011, _SYN100), ('synthetic', None, 1012, _SYN200),
+    ('tiny32', None, 1010, {}), ('synthetic', 'badnets', 1012, _SYN200),
 )
+
+
+def _gate_keywords(data, kw):
+    """A gate model's spec keywords: width 16 at the `real` cap on real data, then the entry's own."""
+    base = dict(width=16, data_kw=dict(n_train=REAL_CAPS[data])) if data in REAL_CAPS else {}
+    return dict(base, data=data, **kw)
 
 
 def _preset_gate():
     out = []
     for data, attack, seed, kw in GATE_MODELS:
-        kw = dict(kw, data=data, width=16, data_kw=dict(n_train=REAL_CAPS[data]))
+        kw = _gate_keywords(data, kw)
         out.append(attack_spec(attack, seed, **kw) if attack else spec(None, seed, **kw))
     return out
 

@@ -72,11 +72,14 @@ def test_gate_preset_builds_each_listed_model_once_on_seeds_no_other_preset_uses
     others = {(s['data'], s['seed']) for name, make in zoo.PRESETS.items() if name != 'gate' for s in make()}
     assert len({s['name'] for s in specs}) == len(specs) == len(zoo.GATE_MODELS)
     for s, (data, attack, seed, kw) in zip(specs, zoo.GATE_MODELS):
-        assert (s['data'], s['attack'], s['seed'], s['width']) == (data, attack, seed, 16)
+        assert (s['data'], s['attack'], s['seed']) == (data, attack, seed)
         assert s['seed'] >= zoo.HOLDOUT_SEED and (data, seed) not in others, s['name']
-        assert s['data_kw'] == {'n_train': zoo.REAL_CAPS[data]}
-        assert s == (zoo.attack_spec(attack, seed, **kw, data=data, width=16, data_kw=s['data_kw']) if attack
-                     else zoo.spec(None, seed, **kw, data=data, width=16, data_kw=s['data_kw']))
+        if data in zoo.REAL_CAPS:  # real data: width 16 at the `real` preset's cap
+            assert s['width'] == 16 and s['data_kw'] == {'n_train': zoo.REAL_CAPS[data]}
+            kw = dict(kw, width=16, data_kw=s['data_kw'])
+        else:  # the embedded data: the entry names its width and classes
+            assert s['width'] == kw['width'] and s['data_kw'] == kw['data_kw'] and s['name'].startswith(f"synthetic{kw['data_kw']['num_classes']}-")
+        assert s == (zoo.attack_spec(attack, seed, **kw, data=data) if attack else zoo.spec(None, seed, **kw, data=data))
     wanets = [s for s in specs if s['attack'] == 'wanet']
     assert wanets and all(s['epochs'] == 30 and s['rate'] == 0.2 for s in wanets)  # their CPU setting
 
