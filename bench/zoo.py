@@ -165,10 +165,11 @@ def _preset_holdout():
 _SYN100 = dict(width=8, epochs=20, data_kw=dict(num_classes=100, n_train=40, n_test=10))
 _SYN200 = dict(width=8, epochs=20, data_kw=dict(num_classes=200, n_train=25, n_test=10))
 
-# Models built one by one as a rule's fresh models (RESULTS.md names the rule), width 16 at the `real` caps:
+# Models built one by one as a rule's fresh models (RESULTS.md names the rule), width 16 at the `real` caps
+# (the embedded data's entries name their width and classes, _gate_keywords):
 # (data, attack or None for clean, seed, spec keywords). Seeds 970-976: the margin test as an alternative
 # where the classes agree; seeds 980-985: the margin test as a plain alternative, landing-discounted;
-# seeds 990-996: the margin test read at the end of its warm-up.
+# seeds 990-996: the margin test read at the end of its warm-up; seeds 1000-1012: its share at 43-200 classes.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -186,7 +187,7 @@ GATE_MODELS = (
     ('cifar10', None, 991, dict(adv='fgsm')), ('cifar10', 'wanet', 994, {}), ('mnist', None, 994, {}),
     ('cifar10', None, 994, {}), ('cifar10', 'blended', 995, {}), ('mnist', 'wanet', 995, {}),
     ('mnist', None, 995, dict(adv='fgsm')), ('cifar10', None, 995, dict(adv='fgsm')), ('cifar10', 'trojannn', 996, {}),
-    # seeds 1000-1004: the margin test's share at 43-200 classes; 1010-1012: skipped where 2 images do not fit
+    # seeds 1000-1004: skipped where fewer than 8 or 2 images fit (neither adopted); 1010-1012: where 2 do not fit
     ('synthetic', 'badnets', 1000, _SYN200), ('synthetic', None, 1000, _SYN200), ('synthetic', 'badnets', 1001, _SYN100),
     ('synthetic', None, 1001, _SYN100), ('tiny32', 'badnets', 1000, {}), ('tiny32', None, 1000, {}),
     ('tiny32', 'blended', 1001, {}), ('tiny32', None, 1001, dict(adv='fgsm')), ('tiny32', 'trojannn', 1002, {}),
