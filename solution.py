@@ -876,19 +876,23 @@ def _confirm_plan(step_seconds, seconds, num_classes, n_images):
     HYP['confirm_min'] k > 0: None (the test is skipped) where the plan that fits has fewer than k images
     (or fewer than the folder holds) or none fits."""
     read = HYP['confirm_read']
+
+    def fits(k, steps):  # k images on a `steps`-step schedule, each priced at the steps that run
+        return _rung_seconds(k, _read_steps(steps, read), step_seconds, 0.0) * num_classes <= seconds
     if read >= 1:
         n, steps = _plan(step_seconds, seconds, num_classes, n_images, max_steps=HYP['confirm_steps'])
-        run = steps
     else:
-        steps = HYP['confirm_steps']
-        run = max(1, round(read * steps))
-        sizes = _sizes(n_images)
-        fits = [k for k in sizes if _rung_seconds(k, run, step_seconds, 0.0) * num_classes <= seconds]
-        n = fits[0] if fits else sizes[-1]
+        steps, sizes = HYP['confirm_steps'], _sizes(n_images)
+        n = next((k for k in sizes if fits(k, steps)), sizes[-1])
     least = HYP['confirm_min']
-    if least and (n < min(least, n_images) or _rung_seconds(n, run, step_seconds, 0.0) * num_classes > seconds):
+    if least and (n < min(least, n_images) or not fits(n, steps)):
         return None
     return n, steps
+
+
+def _read_steps(steps, read):
+    """The steps the margin search runs of its `steps`-step schedule when read after a share `read`."""
+    return max(1, round(read * steps))
 
 
 def _sizes(n_images):
@@ -1265,7 +1269,7 @@ def _margin_search(split, h0, num_classes, chunk, steps, end, read=1.0, labels=N
         chunk_classes = torch.tensor(classes, device=h0.device)
         target = chunk_classes.repeat_interleave(n)
         var = h0.repeat(len(classes), 1, 1, 1).requires_grad_(True)  # (k*n, C, H, W)
-        for step in range(max(1, round(read * steps))):
+        for step in range(_read_steps(steps, read)):
             feats = split.pooled(var)  # (k*n, F)
             m = margin(split.linear(feats), target)  # (k*n,)
             grad, = torch.autograd.grad(m.sum(), var)

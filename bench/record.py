@@ -14,8 +14,8 @@ the statistic can be tried on many models in seconds, paired with the run that p
 Reductions: 'recorded' (the default: the one the record's call used, so rescoring reproduces the
 recorded p-value; a call that ran the margin test, HYP['confirm'], has its statistics recorded as they
 came and combined with the rescored release as the call combined them), 'mean' (over all images),
-'median' (the median over all images: HYP['aggregate'] 'median'), 'mean_other' (the mean over the images not labelled with the class), 'median_other' (their
-median). A call whose draw left each class's own images out (HYP['exclude_own']; by default where the
+'median' (the median over all images: HYP['aggregate'] 'median'), 'mean_other' (the mean over the
+images not labelled with the class), 'median_other' (their median). A call whose draw left each class's own images out (HYP['exclude_own']; by default where the
 draw holds fewer images than half the classes) holds margins under directions built without them and
 scored with 'mean_other'; 'recorded' picks that from the record's settings and draw. With --json the rows are
 written in bench.evaluate's format, for bench.compare. --set changes a setting that acts after the

@@ -87,18 +87,24 @@ def test_confirm_min_skips_the_margin_test_where_too_few_images_fit(monkeypatch)
     assert solution._confirm_plan(1.0, 1.0, 10, 40) is None  # the ladder's floor does not fit either
 
 
-def test_a_skipped_margin_test_leaves_the_release_the_whole_time(toy_model, image_folder, fast, monkeypatch):
-    """Skipped (HYP['confirm_min'] more images than fit its share), no margin search runs, the release's
-    passes run to the deadline and the verdict is theirs, uncorrected."""
-    clock = [1000.0]
-    monkeypatch.setattr(solution.time, 'monotonic', lambda: clock[0])
+def _stopped_clock(monkeypatch):
+    """A clock that stands at 1000 s, a 40 s budget with a quarter for the margin test, and each release
+    pass run one step with no deadline: returns the list that collects the deadline each pass was given."""
+    monkeypatch.setattr(solution.time, 'monotonic', lambda: 1000.0)
     monkeypatch.setitem(solution.HYP, 'budget_s', 40.0)
     monkeypatch.setitem(solution.HYP, 'confirm', 0.25)
-    monkeypatch.setattr(solution, '_confirm_plan', lambda *a: None)  # as where too few images fit
-    monkeypatch.setattr(solution, '_margin_search', lambda *a: pytest.fail('the skipped margin test ran'))
     ends, real = [], solution._class_statistics
     monkeypatch.setattr(solution, '_class_statistics',
                         lambda split, h0, labels, classes, steps, deadline, *a: (ends.append(deadline), real(split, h0, labels, classes, 1, math.inf, *a))[1])
+    return ends
+
+
+def test_a_skipped_margin_test_leaves_the_release_the_whole_time(toy_model, image_folder, fast, monkeypatch):
+    """Skipped (HYP['confirm_min'] more images than fit its share), no margin search runs, the release's
+    passes run to the deadline and the verdict is theirs, uncorrected."""
+    ends = _stopped_clock(monkeypatch)
+    monkeypatch.setattr(solution, '_confirm_plan', lambda *a: None)  # as where too few images fit
+    monkeypatch.setattr(solution, '_margin_search', lambda *a: pytest.fail('the skipped margin test ran'))
     e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
     assert max(ends) == pytest.approx(1040.0)  # the release's passes end at the deadline, not at 3/4
     assert e['confirm_plan'] is None and e['p_margin'] is None and e['per_class_margin'] is None
@@ -121,13 +127,7 @@ def test_confirm_is_an_intersection_union_and_leaves_the_release_alone(toy_model
 
 
 def test_confirm_takes_its_share_of_the_budget_after_the_release(toy_model, image_folder, fast, monkeypatch):
-    clock = [1000.0]
-    monkeypatch.setattr(solution.time, 'monotonic', lambda: clock[0])
-    monkeypatch.setitem(solution.HYP, 'budget_s', 40.0)
-    monkeypatch.setitem(solution.HYP, 'confirm', 0.25)
-    ends, real = [], solution._class_statistics
-    monkeypatch.setattr(solution, '_class_statistics',
-                        lambda split, h0, labels, classes, steps, deadline, *a: (ends.append(deadline), real(split, h0, labels, classes, 1, math.inf, *a))[1])
+    ends = _stopped_clock(monkeypatch)
     seen = {}
 
     def search(split, h0, num_classes, chunk, steps, end, *a):
