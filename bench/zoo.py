@@ -169,7 +169,8 @@ _SYN200 = dict(width=8, epochs=20, data_kw=dict(num_classes=200, n_train=25, n_t
 # (the embedded data's entries name their width and classes, _gate_keywords):
 # (data, attack or None for clean, seed, spec keywords). Seeds 970-976: the margin test as an alternative
 # where the classes agree; seeds 980-985: the margin test as a plain alternative, landing-discounted;
-# seeds 990-996: the margin test read at the end of its warm-up; seeds 1000-1012: its share at 43-200 classes.
+# seeds 990-996: the margin test read at the end of its warm-up; seeds 1000-1012: its share at 43-200 classes;
+# seeds 1020-1022: a screen over every class first.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -198,6 +199,13 @@ GATE_MODELS = (
     ('synthetic', 'badnets', 1010, _SYN200), ('synthetic', None, 1010, _SYN200), ('tiny32', 'badnets', 1010, {}),
     ('synthetic', None, 1011, _SYN100), ('synthetic', 'blended', 1011, _SYN100), ('synthetic', None, 1012, _SYN200),
     ('tiny32', None, 1010, {}), ('synthetic', 'badnets', 1012, _SYN200),
+    # seeds 1020-1022: the release on a fresh many-class set (a screen over every class first: not adopted)
+    ('synthetic', 'badnets', 1020, _SYN200), ('synthetic', None, 1020, _SYN200), ('tiny32', 'badnets', 1020, {}),
+    ('tiny32', None, 1020, {}), ('synthetic', 'blended', 1021, _SYN100), ('synthetic', None, 1021, _SYN100),
+    ('tiny32', 'blended', 1021, {}), ('tiny32', None, 1021, dict(adv='fgsm')), ('gtsrb', 'badnets', 1020, {}),
+    ('gtsrb', None, 1020, {}), ('gtsrb', 'blended', 1021, {}), ('gtsrb', None, 1021, {}),
+    ('synthetic', 'badnets', 1022, _SYN200), ('synthetic', None, 1022, _SYN200), ('gtsrb', None, 1022, dict(adv='fgsm')),
+    ('gtsrb', 'sig', 1022, {}),
 )
 
 
