@@ -170,7 +170,7 @@ _SYN200 = dict(width=8, epochs=20, data_kw=dict(num_classes=200, n_train=25, n_t
 # (data, attack or None for clean, seed, spec keywords). Seeds 970-976: the margin test as an alternative
 # where the classes agree; seeds 980-985: the margin test as a plain alternative, landing-discounted;
 # seeds 990-996: the margin test read at the end of its warm-up; seeds 1000-1012: its share at 43-200 classes;
-# seeds 1020-1022: a screen over every class first.
+# seeds 1020-1022: a screen over every class first; 1030-1033: the 2-step rung.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -206,6 +206,11 @@ GATE_MODELS = (
     ('gtsrb', None, 1020, {}), ('gtsrb', 'blended', 1021, {}), ('gtsrb', None, 1021, {}),
     ('synthetic', 'badnets', 1022, _SYN200), ('synthetic', None, 1022, _SYN200), ('gtsrb', None, 1022, dict(adv='fgsm')),
     ('gtsrb', 'sig', 1022, {}),
+    # seeds 1030-1033: 8 x 2 or 12 x 2 at the fewest steps (neither)
+    ('synthetic', 'badnets', 1030, _SYN200), ('synthetic', None, 1030, _SYN200), ('synthetic', 'badnets', 1031, _SYN200),
+    ('synthetic', None, 1031, _SYN200), ('synthetic', 'blended', 1032, _SYN200), ('synthetic', None, 1032, _SYN200),
+    ('synthetic', 'badnets', 1033, _SYN200), ('synthetic', None, 1033, _SYN200), ('tiny32', 'badnets', 1030, {}),
+    ('tiny32', None, 1030, {}), ('tiny32', 'blended', 1031, {}), ('tiny32', None, 1031, {}),
 )
 
 
