@@ -1172,7 +1172,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'p_release': p_release,                  # the p-value of the tests above, before the confirming test
         'p_margin': p_margin,                    # confirm: the confirming test's p-value (None when off or skipped, HYP['confirm_min'])
         'per_class_margin': per_margin,          # confirm: its largest margin per class (None when off; confirm_landing: softplus, discounted)
-        'confirm_plan': (n_c, steps_c) if share else None,  # confirm: its images and schedule length per class (confirm_read of the steps run)
+        'confirm_plan': plan_c,                  # confirm: its images and schedule length per class (confirm_read of the steps run; None when off or skipped)
         'p_draws': p_draws,                      # each image draw's p-value; p_release is their median (one draw: its own)
         'draw': middle,                          # the draw whose statistics the fields above report
         'images': int(len(h0)), 'steps': steps, 'draws': draws, 'data_free': data_free,

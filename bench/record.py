@@ -15,14 +15,15 @@ Reductions: 'recorded' (the default: the one the record's call used, so rescorin
 recorded p-value; a call that ran the margin test, HYP['confirm'], has its statistics recorded as they
 came and combined with the rescored release as the call combined them), 'mean' (over all images),
 'median' (the median over all images: HYP['aggregate'] 'median'), 'mean_other' (the mean over the
-images not labelled with the class), 'median_other' (their median). A call whose draw left each class's own images out (HYP['exclude_own']; by default where the
-draw holds fewer images than half the classes) holds margins under directions built without them and
-scored with 'mean_other'; 'recorded' picks that from the record's settings and draw. With --json the rows are
-written in bench.evaluate's format, for bench.compare. --set changes a setting that acts after the
-margins (RESCORABLE: the factors' exponents, the log, the null and its scale floor, the spike test); one recording with the core factor on
-and the refinement off holds the cut margins, so it rescores at any exponent, 0 included (with the
-refinement on, no cut is scored: the factor is 1 at any exponent; a call that ran without the cut,
-evidence 'core_power' 0, rescores at 0 only). Settings that change more (steps,
+images not labelled with the class), 'median_other' (their median). A call whose draw left each
+class's own images out (HYP['exclude_own']; by default where the draw holds fewer images than half the
+classes) holds margins under directions built without them and scored with 'mean_other'; 'recorded'
+picks that from the record's settings and draw. With --json the rows are written in bench.evaluate's
+format, for bench.compare. --set changes a setting that acts after the margins (RESCORABLE: the
+factors' exponents, the log, the null and its scale floor, the spike test); one recording with the
+core factor on and the refinement off holds the cut margins, so it rescores at any exponent, 0
+included (with the refinement on, no cut is scored: the factor is 1 at any exponent; a call that ran
+without the cut, evidence 'core_power' 0, rescores at 0 only). Settings that change more (steps,
 images, area, ...) need a new recording: pass them with --set when recording.
 """
 import argparse

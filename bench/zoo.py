@@ -84,9 +84,20 @@ def _interleave(a, b):
     return out + a[len(b):] + b[len(a):]
 
 
+# The embedded data's models: width 8 and 20 epochs, about 30 s to 2 min per model on 2 CPU cores. Per
+# number of classes, the training and test images per class (10 classes: the default preset's main set).
+_SYNTHETIC_SIZES = {10: (300, 60), 43: (60, 20), 100: (40, 10), 200: (25, 10)}
+
+
+def _synthetic_kw(classes):
+    """Spec keywords of an embedded-data model of `classes` classes (a key of _SYNTHETIC_SIZES)."""
+    n_train, n_test = _SYNTHETIC_SIZES[classes]
+    return dict(data_kw=dict(num_classes=classes, n_train=n_train, n_test=n_test), width=8, epochs=20)
+
+
 def _preset_default():
-    # width 8 and 20 epochs: about 30 s to 2 min per model on 2 CPU cores, the whole zoo in about 30 min
-    kw = dict(data_kw=dict(num_classes=10, n_train=300, n_test=60), width=8, epochs=20)
+    # the whole zoo in about 30 min
+    kw = _synthetic_kw(10)
     clean = _clean_variants([0, 1], **kw) + [spec(None, 4, **dict(kw, epochs=3 * kw['epochs']))]
     out = _interleave([attack_spec(a, 0, **kw) for a in ATTACKS], clean)
     # held out: other seeds, so other triggers, targets and initialisations, of attacks that reach a useful
@@ -95,8 +106,8 @@ def _preset_default():
     held = [attack_spec(a, 100, **kw) for a in ('badnets', 'blended', 'sig', 'trojannn')]
     out += _interleave(held, [spec(None, s, **kw) for s in (100, 101, 102)] + [spec(None, 103, adv='fgsm', **kw)])
     # many classes, where detect() has the least compute per class: a BadNets and a clean model each
-    for classes, n_train, n_test in ((43, 60, 20), (100, 40, 10), (200, 25, 10)):
-        kwk = dict(kw, data_kw=dict(num_classes=classes, n_train=n_train, n_test=n_test))
+    for classes in (43, 100, 200):
+        kwk = _synthetic_kw(classes)
         out += [attack_spec('badnets', 0, **kwk), spec(None, 0, **kwk)]
     return out
 
@@ -161,9 +172,8 @@ def _preset_holdout():
     return out
 
 
-# The embedded data's many-class gate models: width 8, 20 epochs, as the default preset's many-class pairs.
-_SYN100 = dict(width=8, epochs=20, data_kw=dict(num_classes=100, n_train=40, n_test=10))
-_SYN200 = dict(width=8, epochs=20, data_kw=dict(num_classes=200, n_train=25, n_test=10))
+# The embedded data's many-class gate models, as the default preset's many-class pairs.
+_SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 
 # Models built one by one as a rule's fresh models (RESULTS.md names the rule), width 16 at the `real` caps
 # (the embedded data's entries name their width and classes, _gate_keywords):
