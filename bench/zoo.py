@@ -180,7 +180,7 @@ _SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 # (data, attack or None for clean, seed, spec keywords). Seeds 970-976: the margin test as an alternative
 # where the classes agree; seeds 980-985: the margin test as a plain alternative, landing-discounted;
 # seeds 990-996: the margin test read at the end of its warm-up; seeds 1000-1012: its share at 43-200 classes;
-# seeds 1020-1022: a screen over every class first; 1030-1033: the 2-step rung; 1050-1052: a flat
+# seeds 1020-1022: a screen over every class first; 1030-1033: the 2-step rung; 1050-1056: a flat
 # Sidak correction.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
@@ -222,7 +222,7 @@ GATE_MODELS = (
     ('synthetic', None, 1031, _SYN200), ('synthetic', 'blended', 1032, _SYN200), ('synthetic', None, 1032, _SYN200),
     ('synthetic', 'badnets', 1033, _SYN200), ('synthetic', None, 1033, _SYN200), ('tiny32', 'badnets', 1030, {}),
     ('tiny32', None, 1030, {}), ('tiny32', 'blended', 1031, {}), ('tiny32', None, 1031, {}),
-    # seeds 1050-1055: the release on a fresh 10-class set; one flat Sidak correction over the tests run
+    # seeds 1050-1056: the release on a fresh 10-class set; one flat Sidak correction over the tests run
     ('cifar10', None, 1050, {}), ('cifar10', 'sig', 1050, {}), ('mnist', None, 1050, {}), ('mnist', 'sig', 1050, {}),
     ('cifar10', None, 1051, dict(adv='fgsm')), ('cifar10', 'blended', 1051, {}), ('mnist', None, 1051, dict(adv='fgsm')),
     ('mnist', 'blended', 1051, {}), ('cifar10', None, 1052, {}), ('cifar10', 'badnets', 1052, {}),
@@ -232,6 +232,7 @@ GATE_MODELS = (
     ('cifar10', 'blended', 1054, {}), ('mnist', None, 1054, dict(augment=False)), ('mnist', 'blended', 1054, {}),
     ('cifar10', None, 1055, dict(adv='fgsm')), ('cifar10', 'badnets', 1055, dict(params=dict(patch=5))),
     ('mnist', None, 1055, dict(adv='fgsm')), ('mnist', 'badnets', 1055, dict(params=dict(patch=5))),
+    ('cifar10', 'wanet', 1056, {}), ('mnist', 'wanet', 1056, {}),
 )
 
 
