@@ -181,7 +181,7 @@ _SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 # where the classes agree; seeds 980-985: the margin test as a plain alternative, landing-discounted;
 # seeds 990-996: the margin test read at the end of its warm-up; seeds 1000-1012: its share at 43-200 classes;
 # seeds 1020-1022: a screen over every class first; 1030-1033: the 2-step rung; 1050-1056: a flat
-# Sidak correction.
+# Sidak correction; 1060-1061: the margin test's lower quartile.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -233,6 +233,9 @@ GATE_MODELS = (
     ('cifar10', None, 1055, dict(adv='fgsm')), ('cifar10', 'badnets', 1055, dict(params=dict(patch=5))),
     ('mnist', None, 1055, dict(adv='fgsm')), ('mnist', 'badnets', 1055, dict(params=dict(patch=5))),
     ('cifar10', 'wanet', 1056, {}), ('mnist', 'wanet', 1056, {}),
+    # seeds 1060-1061: the margin test's lower quartile over images (a lead checked)
+    ('mnist', 'blended', 1060, {}), ('mnist', None, 1060, {}), ('cifar10', 'blended', 1061, {}),
+    ('cifar10', None, 1061, {}), ('cifar10', 'sig', 1060, {}), ('mnist', 'badnets', 1061, {}),
 )
 
 
