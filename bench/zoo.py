@@ -181,7 +181,8 @@ _SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 # where the classes agree; seeds 980-985: the margin test as a plain alternative, landing-discounted;
 # seeds 990-996: the margin test read at the end of its warm-up; seeds 1000-1012: its share at 43-200 classes;
 # seeds 1020-1022: a screen over every class first; 1030-1033: the 2-step rung; 1050-1056: a flat
-# Sidak correction; 1060-1061: the margin test's lower quartile.
+# Sidak correction; 1060-1061: the margin test's lower quartile; 1070-1072: the contrast discounted by
+# the dense standing.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -236,6 +237,13 @@ GATE_MODELS = (
     # seeds 1060-1061: the margin test's lower quartile over images (a lead checked)
     ('mnist', 'blended', 1060, {}), ('mnist', None, 1060, {}), ('cifar10', 'blended', 1061, {}),
     ('cifar10', None, 1061, {}), ('cifar10', 'sig', 1060, {}), ('mnist', 'badnets', 1061, {}),
+    # seeds 1070-1072: the contrast discounted by the dense standing, with the margin test's lower quartile
+    ('cifar10', 'wanet', 1070, {}), ('gtsrb', 'blended', 1070, {}), ('gtsrb', None, 1070, {}),
+    ('cifar10', None, 1071, dict(adv='fgsm')), ('mnist', None, 1072, dict(adv='fgsm')), ('gtsrb', 'badnets', 1071, {}),
+    ('cifar10', None, 1070, {}), ('cifar10', 'badnets', 1070, {}), ('cifar10', 'blended', 1071, {}),
+    ('cifar10', 'sig', 1072, {}), ('cifar10', None, 1072, {}), ('mnist', None, 1070, {}),
+    ('mnist', None, 1071, dict(augment=False)), ('mnist', 'blended', 1070, {}), ('mnist', 'sig', 1071, {}),
+    ('mnist', 'badnets', 1072, dict(params=dict(patch=5))),
 )
 
 
