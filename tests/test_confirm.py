@@ -52,6 +52,39 @@ def test_margin_search_reads_early_and_over_the_other_classes_images(toy_model):
     assert late != pytest.approx(early)
 
 
+def test_quantile_margins_reads_the_quantile_of_the_images_kept():
+    """Rows: margins of 5 images towards 2 classes, -inf where an image is left out (its own class). At q = 1
+    the largest (the seed's); at q = 0.25 the lower quartile of the finite ones, by linear interpolation,
+    and the image nearest it. A naturally easy class reached far by one look-alike (row 1) falls below a
+    class every image reaches (row 0) at the quartile, not at the largest."""
+    inf = math.inf
+    m = torch.tensor([[5.0, 4.0, 6.0, -inf, 5.5],
+                      [0.5, 30.0, 0.2, 1.0, -inf]])
+    best, at = solution.quantile_margins(m, 1.0)
+    assert best.tolist() == [6.0, 30.0] and at.tolist() == [2, 1]
+    best, at = solution.quantile_margins(m, 0.25)
+    assert best.tolist() == pytest.approx([4.75, 0.425]) and at.tolist() == [0, 0]
+    assert best[0] > best[1]
+    one = torch.tensor([[-inf, 3.0, -inf]])  # a single finite margin is every quantile of it
+    assert solution.quantile_margins(one, 0.25)[0].tolist() == [3.0] and solution.quantile_margins(one, 0.25)[1].tolist() == [1]
+
+
+def test_margin_search_quantile_matches_the_per_image_searches(toy_model, monkeypatch):
+    """Under HYP['confirm_quantile'] q each class's statistic is the q-quantile of the margins its images
+    reach searched one by one, the own class's images out."""
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    split = solution._Split(toy_model.requires_grad_(False), 2)
+    monkeypatch.setitem(solution.HYP, 'confirm_quantile', 0.25)
+    with torch.enable_grad():
+        h0 = split.features(x)
+        alone = torch.tensor([solution._margin_search(split, h0[i:i + 1], 3, 3, 10, math.inf)[0] for i in range(6)]).T
+        got, _ = solution._margin_search(split, h0, 3, 3, 10, math.inf, 1.0, labels)
+    want = [alone[c][labels != c].quantile(0.25).item() for c in range(3)]
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
+    assert got != pytest.approx([alone[c][labels != c].max().item() for c in range(3)])
+
+
 def test_read_early_the_margin_test_keeps_its_schedule_and_plans_fewer_images(monkeypatch):
     """Read at 0.1 of 100 steps, each image costs 10 steps a class: 30 images of 10 classes need 3000 s at
     1 s a step; with less, 12, then the smallest size, always on the 100-step schedule. Read at the
@@ -205,6 +238,7 @@ def test_both_needs_the_margin_test_too(toy_model, image_folder, fast, monkeypat
 @pytest.mark.parametrize('key,bad', [('combine', 'or'), ('confirm_landing', -1.0), ('confirm', -0.1), ('confirm', 1.0), ('confirm', True), ('confirm', '0.5'),
                                      ('confirm', float('nan')), ('confirm_steps', 0), ('confirm_steps', 2.5),
                                      ('confirm_steps', True), ('confirm_read', 0.0), ('confirm_read', 1.5),
+                                     ('confirm_quantile', 0.0), ('confirm_quantile', 1.5), ('confirm_quantile', True),
                                      ('confirm_read', True), ('confirm_others', 'yes'), ('confirm_min', -1),
                                      ('confirm_min', 2.0), ('confirm_min', True)])
 def test_confirm_settings_are_checked(toy_model, image_folder, monkeypatch, key, bad):

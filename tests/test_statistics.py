@@ -422,6 +422,22 @@ def test_contrast_power_discounts_classes_a_patch_also_reaches(monkeypatch):
     assert solution.contrast(patch, dense) == pytest.approx([d / 2.9 for d in dense])
 
 
+def test_contrast_cap_discounts_a_class_below_the_mean_dense_standing(monkeypatch):
+    """HYP['contrast_cap']: D~ / (P~ + 1) ** q times min(1, D~). Class 2 is out of a patch's reach and below
+    the mean dense standing: without the cap it tops the contrast on the first alone; with it, class 4,
+    reached densely far better than the mean and poorly with a patch, does. Classes at or above the mean
+    dense standing keep their values."""
+    patch = [2.0, 2.0, 0.0, 2.0, 0.8]  # mean 1.36: class 2 at P~ = 0, class 4 at about 0.59
+    dense = [1.0, 1.0, 0.8, 1.0, 1.7]  # mean 1.1: class 2 at D~ about 0.73, class 4 about 1.55
+    plain = solution.contrast(patch, dense)
+    monkeypatch.setitem(solution.HYP, 'contrast_cap', True)
+    capped = solution.contrast(patch, dense)
+    assert max(range(5), key=plain.__getitem__) == 2 and max(range(5), key=capped.__getitem__) == 4
+    standing = [d / 1.1 for d in dense]
+    assert capped == pytest.approx([c * min(1.0, s) for c, s in zip(plain, standing)])
+    assert capped[4] == pytest.approx(plain[4]) and capped[2] < plain[2]
+
+
 def test_keep_window_keeps_the_one_square_window_with_the_most_energy():
     """_keep_window zeroes each row outside one square window of side round(sqrt(area * H * W)): the
     window whose summed energy is the largest of all windows, values inside untouched."""
