@@ -96,38 +96,39 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        over the classes. A clean-label trigger spread over the whole image (SIG's sinusoid) makes its
        target the class *hardest* to reach with a patch and among the easiest densely; a naturally easy
        class, and the class a dense change reaches best in an adversarially trained model, are
-       often easy with a patch too, and the square (HYP['contrast_power']) discounts them. Off by
-       default, HYP['contrast_cap'] also multiplies each class by min(1, D~): on MNIST the contrast's top
-       class was often just the one a patch could not reach, with a dense standing below the mean
-       (RESULTS.md, The contrast capped by the dense standing). Both sets go through step 4, and the model is
-       backdoored iff 1 - (1 - min(p_patch, p_contrast))^2 < P_THRESHOLD (Sidak's correction for taking
-       the smaller of two p-values), the file's one tuned constant.
+       often easy with a patch too, and the square (HYP['contrast_power']) discounts them.
+       HYP['contrast_cap'] (on) also multiplies each class by min(1, S~), S~ its dense statistic before
+       step 4's log over the classes' mean: on MNIST the contrast's top class was often just the one a
+       patch could not reach, with a dense standing below the mean (RESULTS.md, The contrast capped
+       by the dense standing). Both sets go through step 4, and the model is backdoored iff
+       1 - (1 - min(p_patch, p_contrast))^2 < P_THRESHOLD (Sidak's correction for taking the smaller
+       of two p-values), the file's one tuned constant.
     6. Off by default, HYP['spike'] adds a third test: per class, spike() asks how far its patch
        direction drives some penultimate unit beyond the folder's clean images (the largest z over
        the units of where it lands them). A trigger is a feature of its own and often has units of
        its own; a naturally easy class lands its images among that class's clean ones. Its K values
        go through step 4 too, and the correction becomes 1 - (1 - min of three)^3 (RESULTS.md).
     7. HYP['confirm'] (0.2 of the time; 0 turns it off) adds the seed's own test as a second test: per
-       class, the largest margin an image of another class reaches when its conv1 + layer1[0]
-       activation is pushed towards the class by sign steps (_margin_search, the seed's schedule of
-       HYP['confirm_steps'] = 100 steps with its warm-up), read at the end of the warm-up
-       (HYP['confirm_read'] = 0.1: ten steps, each coordinate moved by at most the warm-up's step
-       sizes, about 0.45), judged by step 4's null. Read at the seed's 100 steps, MNIST's 8 is reached
-       as far as a trigger's target on clean models (RESULTS.md, The margin test as an alternative);
-       read early, a shortcut the model learned stands out and a naturally easy class does not yet,
-       and a class's own images, which start ahead, are left out (HYP['confirm_others']). With
+       class, the lower quartile (HYP['confirm_quantile'] 0.25; 1 is the seed's largest) of the margins
+       the images of other classes reach when their conv1 + layer1[0] activations are pushed towards
+       the class by sign steps (_margin_search, on the seed's schedule of HYP['confirm_steps'] = 100
+       steps with its warm-up; quantile_margins: a trigger moves most images, a naturally easy class
+       only its look-alikes; RESULTS.md, The contrast capped by the dense standing), read at the end
+       of the warm-up (HYP['confirm_read'] = 0.1: ten steps, each coordinate moved by at most the
+       warm-up's step sizes, about 0.45), judged by step 4's null. Read at the seed's 100 steps,
+       MNIST's 8 is reached as far as a trigger's target on clean models (RESULTS.md, The margin test
+       as an alternative); read early, a shortcut the model learned stands out and a naturally easy
+       class does not yet, and a class's own images, which start ahead, are left out
+       (HYP['confirm_others']). With
        HYP['combine'] 'either' (the default) the two tests are alternatives, p = 1 - (1 - min(p,
        p_margin))^2 (Sidak); 'both' needs both (p = max(p, p_margin), an intersection-union test);
        'agree' counts p_margin only where its top class is the patch or the dense pass's.
-       HYP['confirm_landing'] q > 0 scores each class by softplus(its largest margin) times landing()
-       ** q of the image that reached it (it did not discount MNIST's 8). Off by default,
-       HYP['confirm_quantile'] q < 1 takes the q-quantile of those margins instead of the largest
-       (quantile_margins): a trigger moves most images, a naturally easy class only its look-alikes.
-       Warp triggers (WaNet) move
-       every pixel a little: per-image activations reach them where the release's shared direction
-       often does not. On 18 new real models the pair was right on 14 at this CPU's plans and 15 at a
-       GPU's (the release alone 9 and 11), with fewer clean models flagged (RESULTS.md, The margin
-       test read at the end of its warm-up).
+       HYP['confirm_landing'] q > 0 scores each class by softplus(its statistic) times landing() ** q
+       of the image nearest it (it did not discount MNIST's 8). Warp triggers (WaNet) move every pixel
+       a little: per-image activations reach them where the release's shared direction often does not.
+       On 18 new real models the pair was right on 14 at this CPU's plans and 15 at a GPU's (the
+       release alone 9 and 11), with fewer clean models flagged (RESULTS.md, The margin test read at
+       the end of its warm-up).
     8. Off by default, HYP['draws'] (1) runs the release on several draws of the folder's images
        instead of one (each up to HYP['images'] a class, class-balanced: the folder's order, then the
        orders drawn from seeds 1, 2, ..., _draw_seeds), both passes each, and takes the median of
@@ -221,7 +222,7 @@ HYP = {
     'confirm_landing': 0.0,  # confirm: each class's statistic is softplus(its largest margin) * landing() ** this of the image that reached it (0 = the raw margin)
     'confirm_steps': 100,    # confirm: its schedule's sign steps per class (the seed's 100; read at the end, the plan may take fewer)
     'confirm_others': True,  # confirm: each class's largest margin over the other classes' images only (False: every image, as the seed)
-    'confirm_quantile': 1.0, # confirm: a class's statistic is this quantile of the margins over those images (1 = the largest, the seed's; 0.25 = the lower quartile: a trigger moves most images, a naturally easy class its look-alikes)
+    'confirm_quantile': 0.25, # confirm: a class's statistic is this quantile of the margins over those images (1 = the largest, the seed's; 0.25 = the lower quartile: a trigger moves most images, a naturally easy class its look-alikes)
     'confirm_read': 0.1,     # confirm: the share of its step schedule after which the margins are read (1 = the seed's end; 0.1 = the end of the warm-up)
     'confirm_min': 2,        # confirm: the fewest images it runs with; where its share fits fewer, it is skipped and the release has the whole time (0: it always runs, on the smallest plan where none fits, cut by the deadline)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
@@ -230,7 +231,7 @@ HYP = {
     'scale_floor': 0.0,      # the null's fitted scale is at least this, in the statistics' own units (log(1 + x)): the least spread that counts (0 = none)
     'contrast': True,        # a second, dense pass (area 0), and contrast() of the two tested too (_contrasted: needs an area, 'transfer')
     'contrast_power': 2.0,   # contrast: q in D~ / (P~ + 1) ** q; the larger, the more a class that is easy with a patch too is discounted
-    'contrast_cap': False,   # contrast: times min(1, D~) too, so a class below the mean dense standing is discounted (a trigger's target is reached densely at least as well as the average class)
+    'contrast_cap': True,    # contrast: times min(1, S~) too, S~ the dense statistic before the log over its mean: a class below the mean dense standing is discounted (a trigger's target is reached densely at least as well as the average class)
     'contrast_plan': 30,     # contrast: only when each pass's plan has at least this many images x steps per class (2 x 15, the least RESULTS.md measured), else the patch pass alone
     'lr': 0.1,               # peak AdamW learning rate on the activation
     'lr_final': 0.001,       # cosine decay ends here
@@ -1179,7 +1180,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'null_loc': loc, 'null_scale': max(scale, HYP['scale_floor']),  # the null fitted to that test's other statistics (its scale floored, as max_p_value)
         'p_release': p_release,                  # the p-value of the tests above, before the confirming test
         'p_margin': p_margin,                    # confirm: the confirming test's p-value (None when off or skipped, HYP['confirm_min'])
-        'per_class_margin': per_margin,          # confirm: its largest margin per class (None when off; confirm_landing: softplus, discounted)
+        'per_class_margin': per_margin,          # confirm: its statistic per class, a quantile of the margins (None when off; confirm_landing: softplus, discounted)
         'confirm_plan': plan_c,                  # confirm: its images and schedule length per class (confirm_read of the steps run; None when off or skipped)
         'p_draws': p_draws,                      # each image draw's p-value; p_release is their median (one draw: its own)
         'draw': middle,                          # the draw whose statistics the fields above report
@@ -1200,7 +1201,7 @@ def _decide(runs, own, transfer, spikes=None, floor=None):
     `floor` (None: HYP['own_floor'] is True; evidence() resolves 'sparse' for its draw, _when) each
     transfer statistic S of class t first becomes (1 - 1/K) S + own[t] / K (the core factors were taken
     before), and HYP['own_norm'] divides by 1 + own[t]."""
-    finals, plain = [], []
+    finals, plain, raw = [], [], []
     k = len(own)
     norm = own if HYP['own_norm'] else [0.0] * k
     floor = HYP['own_floor'] is True if floor is None else floor
@@ -1209,11 +1210,12 @@ def _decide(runs, own, transfer, spikes=None, floor=None):
             stats = [(1 - 1 / k) * s + o / k for s, o in zip(stats, own)]
         base = [s * f / (1.0 + o) for s, o, f in zip(stats, norm, far)]
         stats = [b * c for b, c in zip(base, cores)]
+        raw.append(base)
         if transfer and HYP['log']:  # every transfer statistic is >= 0 (a softplus times factors >= 0)
             base, stats = [math.log1p(s) for s in base], [math.log1p(s) for s in stats]
         finals.append(stats)
         plain.append(base)
-    per_contrast = contrast(plain[0], plain[1]) if len(finals) > 1 else None
+    per_contrast = contrast(plain[0], plain[1], raw[1]) if len(finals) > 1 else None
     tests = [('patch', finals[0]), ('contrast', per_contrast), ('spike', spikes)]
     tests = [(name, v, max_p_value(v)) for name, v in tests if v is not None]
     p_patch = tests[0][2]
@@ -1260,18 +1262,19 @@ def _every_class(split, h0, labels, num_classes, chunk, steps, end, bounds, area
 
 
 def _margin_search(split, h0, num_classes, chunk, steps, end, read=1.0, labels=None):
-    """The seed's statistic, per class: the largest margin any image reaches when each image's activation
-    h0 (n, C, H, W) (after `split`'s stem; the seed's is conv1 + layer1[0]) is its own free variable,
-    pushed towards the class for `steps` sign steps. The seed rebuilds AdamW at every step, so each of
-    its steps is Adam's first, lr * g / (|g| + 1e-8) (a sign step, except where the gradient g is
-    tiny), plus the decoupled weight decay; this takes that step directly, on the release's warm-up and
-    cosine schedule. The margins are those of the last forward pass, as the seed reads them; with
+    """The seed's search, per class: the margins the images reach (the seed takes the largest) when each
+    image's activation h0 (n, C, H, W) (after `split`'s stem; the seed's is conv1 + layer1[0]) is its
+    own free variable, pushed towards the class for `steps` sign steps. The seed rebuilds AdamW at
+    every step, so each of its steps is Adam's first, lr * g / (|g| + 1e-8) (a sign step, except
+    where the gradient g is tiny), plus the decoupled weight decay; this takes that step directly, on
+    the release's warm-up and cosine schedule. The margins are those of the last forward pass, as the seed reads them; with
     `read` < 1 the search stops after that share of the schedule's steps (at least one), on the same
-    schedule, and reads the margins there (0.1: at the end of the warm-up). Given the images' `labels`,
-    each class's largest margin (or HYP['confirm_quantile'] of them, quantile_margins) is taken over the
-    other classes' images only (all, where it has no other). Classes run `chunk` at a time, each chunk stopping at its mark (_chunks). Also returns
-    where the image that reached each class's largest margin lands in penultimate features: a list of
-    (chunk, F) tensors."""
+    schedule, and reads the margins there (0.1: at the end of the warm-up). Each class's statistic is
+    the HYP['confirm_quantile'] quantile of its images' margins (quantile_margins; 1, the seed's: the
+    largest), given the images' `labels` over the other classes' images only (all, where it has no
+    other). Classes run `chunk` at a time, each chunk stopping at its mark (_chunks). Also returns
+    where the image nearest each class's statistic lands in penultimate features: a list of (chunk, F)
+    tensors."""
     n, stats, landed = len(h0), [], []
     for classes, mark in _chunks(num_classes, chunk, end):
         chunk_classes = torch.tensor(classes, device=h0.device)
@@ -1322,17 +1325,20 @@ def combine(p_release, per_margin, finals):
     return 1 - (1 - min(p_release, counted)) ** 2, p_margin, counted < p_release
 
 
-def contrast(patch, dense):
+def contrast(patch, dense, standing=None):
     """Per class: how much more reachable it is with a dense change than with a patch,
     D~ / (P~ + 1) ** q (q = HYP['contrast_power']), where each pass's statistics are divided by their
     mean over the classes. The + 1 keeps a class with a patch statistic near zero from exploding the
     ratio; q sets how hard a class that a patch also reaches easily (a naturally easy class) is
     discounted, while a class that a patch cannot reach keeps its dense standing whatever q is. With
-    HYP['contrast_cap'] each value is also multiplied by min(1, D~): a class below the mean dense standing
-    (one a patch cannot reach, and a dense change no better than the average class) is discounted."""
+    HYP['contrast_cap'] each value is also multiplied by min(1, S~), S~ = `standing` (each class's dense
+    statistic before the log, _decide; None: `dense`) over its mean: a class a dense change reaches no
+    better than the average class is discounted, however hard a patch finds it."""
     mp, md = (max(sum(v) / len(v), 1e-12) for v in (patch, dense))
+    standing = dense if standing is None else standing
+    ms = max(sum(standing) / len(standing), 1e-12)
     q, cap = HYP['contrast_power'], HYP['contrast_cap']
-    return [(d / md) / (p / mp + 1) ** q * (min(1.0, d / md) if cap else 1.0) for p, d in zip(patch, dense)]
+    return [(d / md) / (p / mp + 1) ** q * (min(1.0, s / ms) if cap else 1.0) for p, d, s in zip(patch, dense, standing)]
 
 
 def spike(landed, feats):

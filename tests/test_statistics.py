@@ -411,6 +411,7 @@ def test_contrast_power_discounts_classes_a_patch_also_reaches(monkeypatch):
     contrast; at q = 2 the unreachable class 2 does."""
     patch = [3.0, 1.0, 0.0, 1.0, 1.0]  # mean 1.2: P~ = 2.5 for class 0, 0 for class 2
     dense = [9.0, 1.0, 2.5, 1.0, 1.0]  # class 0 easy both ways, class 2 only densely
+    monkeypatch.setitem(solution.HYP, 'contrast_cap', False)  # the power alone (the cap: the next tests)
     monkeypatch.setitem(solution.HYP, 'contrast_power', 1.0)
     one = solution.contrast(patch, dense)
     monkeypatch.setitem(solution.HYP, 'contrast_power', 2.0)
@@ -429,6 +430,7 @@ def test_contrast_cap_discounts_a_class_below_the_mean_dense_standing(monkeypatc
     dense standing keep their values."""
     patch = [2.0, 2.0, 0.0, 2.0, 0.8]  # mean 1.36: class 2 at P~ = 0, class 4 at about 0.59
     dense = [1.0, 1.0, 0.8, 1.0, 1.7]  # mean 1.1: class 2 at D~ about 0.73, class 4 about 1.55
+    monkeypatch.setitem(solution.HYP, 'contrast_cap', False)
     plain = solution.contrast(patch, dense)
     monkeypatch.setitem(solution.HYP, 'contrast_cap', True)
     capped = solution.contrast(patch, dense)
@@ -436,6 +438,25 @@ def test_contrast_cap_discounts_a_class_below_the_mean_dense_standing(monkeypatc
     standing = [d / 1.1 for d in dense]
     assert capped == pytest.approx([c * min(1.0, s) for c, s in zip(plain, standing)])
     assert capped[4] == pytest.approx(plain[4]) and capped[2] < plain[2]
+
+
+def test_decide_caps_the_contrast_by_the_dense_statistic_before_the_log(monkeypatch):
+    """Under step 4's log the dense statistics 24 and 50 stand at about 0.92 and 1.12 of their mean, before
+    it at 0.72 and 1.49: _decide's cap takes the standing before the log, so class 3 (out of the patch's
+    reach, densely below the average) is discounted by about 0.72, the rest of the contrast as uncapped."""
+    monkeypatch.setitem(solution.HYP, 'log', True)
+    monkeypatch.setitem(solution.HYP, 'own_floor', False)
+    k = 4
+    patch = [2.0, 2.0, 2.0, 0.0]
+    dense = [30.0, 30.0, 50.0, 24.0]
+    runs = [(patch, [1.0] * k, [1.0] * k), (dense, [1.0] * k, [1.0] * k)]
+    monkeypatch.setitem(solution.HYP, 'contrast_cap', False)
+    plain = solution._decide(runs, [0.0] * k, True)[1]
+    monkeypatch.setitem(solution.HYP, 'contrast_cap', True)
+    capped = solution._decide(runs, [0.0] * k, True)[1]
+    standing = [d / (sum(dense) / k) for d in dense]
+    assert capped == pytest.approx([c * min(1.0, s) for c, s in zip(plain, standing)])
+    assert capped[3] == pytest.approx(24 / 33.5 * plain[3]) and capped[2] == pytest.approx(plain[2])
 
 
 def test_keep_window_keeps_the_one_square_window_with_the_most_energy():
