@@ -1334,9 +1334,8 @@ def contrast(patch, dense, standing=None):
     HYP['contrast_cap'] each value is also multiplied by min(1, S~), S~ = `standing` (each class's dense
     statistic before the log, _decide; None: `dense`) over its mean: a class a dense change reaches no
     better than the average class is discounted, however hard a patch finds it."""
-    mp, md = (max(sum(v) / len(v), 1e-12) for v in (patch, dense))
     standing = dense if standing is None else standing
-    ms = max(sum(standing) / len(standing), 1e-12)
+    mp, md, ms = (max(sum(v) / len(v), 1e-12) for v in (patch, dense, standing))
     q, cap = HYP['contrast_power'], HYP['contrast_cap']
     return [(d / md) / (p / mp + 1) ** q * (min(1.0, s / ms) if cap else 1.0) for p, d, s in zip(patch, dense, standing)]
 
