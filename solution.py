@@ -223,6 +223,7 @@ HYP = {
     'confirm_steps': 100,    # confirm: its schedule's sign steps per class (the seed's 100; read at the end, the plan may take fewer)
     'confirm_others': True,  # confirm: each class's largest margin over the other classes' images only (False: every image, as the seed)
     'confirm_quantile': 0.25, # confirm: a class's statistic is this quantile of the margins over those images (1 = the largest, the seed's; 0.25 = the lower quartile: a trigger moves most images, a naturally easy class its look-alikes)
+    'confirm_quantile_min': 0, # confirm: with fewer images than this in its plan, the largest margin instead of the quantile (a quartile of 2-4 margins is nearly their least; 0 = always the quantile)
     'confirm_read': 0.1,     # confirm: the share of its step schedule after which the margins are read (1 = the seed's end; 0.1 = the end of the warm-up)
     'confirm_min': 2,        # confirm: the fewest images it runs with; where its share fits fewer, it is skipped and the release has the whole time (0: it always runs, on the smallest plan where none fits, cut by the deadline)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
@@ -1051,7 +1052,8 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         if isinstance(r, bool) or not (isinstance(r, (int, float)) and 0 < r <= 1):
             raise ValueError(f"HYP['{key}'] is {r!r}; it is {what}, a number in (0, 1]")
     for key, what, least in (('confirm_steps', 'a number of steps', 1), ('draws', 'a number of image draws', 1),
-                             ('confirm_min', 'a number of images (0 = always run)', 0)):  # counts
+                             ('confirm_min', 'a number of images (0 = always run)', 0),
+                             ('confirm_quantile_min', 'a number of images (0 = always the quantile)', 0)):  # counts
         v = HYP[key]
         if isinstance(v, bool) or not (isinstance(v, int) and v >= least):
             raise ValueError(f"HYP['{key}'] is {v!r}; it is {what}, an int >= {least}")
@@ -1271,7 +1273,8 @@ def _margin_search(split, h0, num_classes, chunk, steps, end, read=1.0, labels=N
     `read` < 1 the search stops after that share of the schedule's steps (at least one), on the same
     schedule, and reads the margins there (0.1: at the end of the warm-up). Each class's statistic is
     the HYP['confirm_quantile'] quantile of its images' margins (quantile_margins; 1, the seed's: the
-    largest), given the images' `labels` over the other classes' images only (all, where it has no
+    largest; the largest too with fewer than HYP['confirm_quantile_min'] images), given the images'
+    `labels` over the other classes' images only (all, where it has no
     other). Classes run `chunk` at a time, each chunk stopping at its mark (_chunks). Also returns
     where the image nearest each class's statistic lands in penultimate features: a list of (chunk, F)
     tensors."""
@@ -1293,7 +1296,7 @@ def _margin_search(split, h0, num_classes, chunk, steps, end, read=1.0, labels=N
         if labels is not None:  # a class's own images start ahead: left out where others exist
             own = labels.view(1, n) == chunk_classes.view(-1, 1)
             m = torch.where(own & ~own.all(1, keepdim=True), torch.full_like(m, -math.inf), m)
-        best, at = quantile_margins(m, HYP['confirm_quantile'])
+        best, at = quantile_margins(m, HYP['confirm_quantile'] if n >= HYP['confirm_quantile_min'] else 1.0)
         stats += best.tolist()
         landed.append(feats.detach().view(len(classes), n, -1)[torch.arange(len(classes), device=at.device), at])
     return stats, landed

@@ -182,7 +182,8 @@ _SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 # seeds 990-996: the margin test read at the end of its warm-up; seeds 1000-1012: its share at 43-200 classes;
 # seeds 1020-1022: a screen over every class first; 1030-1033: the 2-step rung; 1050-1056: a flat
 # Sidak correction; 1060-1061: the margin test's lower quartile; 1070-1072: the contrast discounted by
-# the dense standing; 1080-1081: the same at 43-200 classes.
+# the dense standing; 1080-1081: the same at 43-200 classes; 1090-1091: the margin test's largest margin
+# below 8 images.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -248,6 +249,11 @@ GATE_MODELS = (
     ('gtsrb', 'sig', 1080, {}), ('tiny32', 'badnets', 1081, {}), ('tiny32', None, 1080, {}),
     ('gtsrb', None, 1081, dict(adv='fgsm')), ('synthetic', 'badnets', 1080, _SYN100), ('synthetic', None, 1080, _SYN100),
     ('synthetic', 'blended', 1081, _SYN200), ('synthetic', None, 1081, _SYN200),
+    # seeds 1090-1091: the margin test's largest margin below 8 images, at 43-200 classes
+    ('gtsrb', None, 1091, dict(adv='fgsm')), ('tiny32', 'sig', 1091, {}), ('gtsrb', 'blended', 1091, {}),
+    ('gtsrb', 'badnets', 1090, {}), ('tiny32', 'blended', 1090, {}), ('gtsrb', None, 1090, {}),
+    ('tiny32', None, 1091, {}), ('synthetic', 'blended', 1091, _SYN100), ('synthetic', None, 1091, _SYN100),
+    ('synthetic', 'badnets', 1090, _SYN200), ('synthetic', 'sig', 1091, _SYN200), ('synthetic', None, 1090, _SYN200),
 )
 
 

@@ -87,6 +87,26 @@ def test_margin_search_quantile_matches_the_per_image_searches(toy_model, monkey
     assert got != pytest.approx([alone[c][labels != c].max().item() for c in range(3)])
 
 
+def test_a_few_images_margin_search_takes_the_largest_margin(toy_model, monkeypatch):
+    """With fewer images than HYP['confirm_quantile_min'] each class's statistic is the largest margin over the
+    other classes' images (the quartile of 2-4 values is nearly their least); with as many or more, the
+    quantile. The same images and searches either way: only the reading changes."""
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    split = solution._Split(toy_model.requires_grad_(False), 2)
+    monkeypatch.setitem(solution.HYP, 'confirm_quantile', 0.25)
+
+    def search(least):
+        monkeypatch.setitem(solution.HYP, 'confirm_quantile_min', least)
+        with torch.enable_grad():
+            return solution._margin_search(split, split.features(x), 3, 3, 10, math.inf, 1.0, labels)[0]
+    quartile, largest = search(0), search(7)
+    assert search(6) == quartile  # 6 images, not fewer than 6
+    monkeypatch.setitem(solution.HYP, 'confirm_quantile', 1.0)
+    assert largest == search(0)
+    assert largest != pytest.approx(quartile) and all(a >= b for a, b in zip(largest, quartile))
+
+
 def test_read_early_the_margin_test_keeps_its_schedule_and_plans_fewer_images(monkeypatch):
     """Read at 0.1 of 100 steps, each image costs 10 steps a class: 30 images of 10 classes need 3000 s at
     1 s a step; with less, 12, then the smallest size, always on the 100-step schedule. Read at the
@@ -242,7 +262,8 @@ def test_both_needs_the_margin_test_too(toy_model, image_folder, fast, monkeypat
                                      ('confirm_steps', True), ('confirm_read', 0.0), ('confirm_read', 1.5),
                                      ('confirm_quantile', 0.0), ('confirm_quantile', 1.5), ('confirm_quantile', True),
                                      ('confirm_read', True), ('confirm_others', 'yes'), ('confirm_min', -1),
-                                     ('confirm_min', 2.0), ('confirm_min', True)])
+                                     ('confirm_min', 2.0), ('confirm_min', True), ('confirm_quantile_min', -1),
+                                     ('confirm_quantile_min', 8.0), ('confirm_quantile_min', None)])
 def test_confirm_settings_are_checked(toy_model, image_folder, monkeypatch, key, bad):
     monkeypatch.setitem(solution.HYP, key, bad)
     with pytest.raises(ValueError, match=key):
