@@ -109,20 +109,21 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        its own; a naturally easy class lands its images among that class's clean ones. Its K values
        go through step 4 too, and the correction becomes 1 - (1 - min of three)^3 (RESULTS.md).
     7. HYP['confirm'] (0.2 of the time; 0 turns it off) adds the seed's own test as a second test: per
-       class, the lower quartile (HYP['confirm_quantile'] 0.25; 1 is the seed's largest) of the margins
-       the images of other classes reach when their conv1 + layer1[0] activations are pushed towards
-       the class by sign steps (_margin_search, on the seed's schedule of HYP['confirm_steps'] = 100
-       steps with its warm-up; quantile_margins: a trigger moves most images, a naturally easy class
-       only its look-alikes; RESULTS.md, The contrast capped by the dense standing), read at the end
-       of the warm-up (HYP['confirm_read'] = 0.1: ten steps, each coordinate moved by at most the
-       warm-up's step sizes, about 0.45), judged by step 4's null. Read at the seed's 100 steps,
-       MNIST's 8 is reached as far as a trigger's target on clean models (RESULTS.md, The margin test
-       as an alternative); read early, a shortcut the model learned stands out and a naturally easy
-       class does not yet, and a class's own images, which start ahead, are left out
-       (HYP['confirm_others']). With
-       HYP['combine'] 'either' (the default) the two tests are alternatives, p = 1 - (1 - min(p,
-       p_margin))^2 (Sidak); 'both' needs both (p = max(p, p_margin), an intersection-union test);
-       'agree' counts p_margin only where its top class is the patch or the dense pass's.
+       class, the lower quartile (HYP['confirm_quantile'] 0.25; 1 is the seed's largest, also taken where
+       it runs on fewer than HYP['confirm_quantile_min'] = 8 images, whose quartile is nearly their least:
+       the 2-4 image plans of 43-200 classes on a CPU) of the margins the images of other classes reach
+       when their conv1 + layer1[0] activations are pushed towards the class by sign steps (_margin_search,
+       on the seed's schedule of HYP['confirm_steps'] = 100 steps with its warm-up; quantile_margins: a
+       trigger moves most images, a naturally easy class only its look-alikes; RESULTS.md, The contrast
+       capped by the dense standing), read at the end of the warm-up (HYP['confirm_read'] = 0.1: ten steps,
+       each coordinate moved by at most the warm-up's step sizes, about 0.45), judged by step 4's null.
+       Read at the seed's 100 steps, MNIST's 8 is reached as far as a trigger's target on clean models
+       (RESULTS.md, The margin test as an alternative); read early, a shortcut the model learned stands out
+       and a naturally easy class does not yet, and a class's own images, which start ahead, are left out
+       (HYP['confirm_others']). With HYP['combine'] 'either' (the default) the two tests are alternatives,
+       p = 1 - (1 - min(p, p_margin))^2 (Sidak); 'both' needs both (p = max(p, p_margin), an
+       intersection-union test); 'agree' counts p_margin only where its top class is the patch or the dense
+       pass's.
        HYP['confirm_landing'] q > 0 scores each class by softplus(its statistic) times landing() ** q
        of the image nearest it (it did not discount MNIST's 8). Warp triggers (WaNet) move every pixel
        a little: per-image activations reach them where the release's shared direction often does not.
@@ -223,7 +224,7 @@ HYP = {
     'confirm_steps': 100,    # confirm: its schedule's sign steps per class (the seed's 100; read at the end, the plan may take fewer)
     'confirm_others': True,  # confirm: each class's largest margin over the other classes' images only (False: every image, as the seed)
     'confirm_quantile': 0.25, # confirm: a class's statistic is this quantile of the margins over those images (1 = the largest, the seed's; 0.25 = the lower quartile: a trigger moves most images, a naturally easy class its look-alikes)
-    'confirm_quantile_min': 0, # confirm: with fewer images than this in its plan, the largest margin instead of the quantile (a quartile of 2-4 margins is nearly their least; 0 = always the quantile)
+    'confirm_quantile_min': 8, # confirm: with fewer images than this in its plan, the largest margin instead of the quantile (a quartile of 2-4 margins is nearly their least; 0 = always the quantile)
     'confirm_read': 0.1,     # confirm: the share of its step schedule after which the margins are read (1 = the seed's end; 0.1 = the end of the warm-up)
     'confirm_min': 2,        # confirm: the fewest images it runs with; where its share fits fewer, it is skipped and the release has the whole time (0: it always runs, on the smallest plan where none fits, cut by the deadline)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null

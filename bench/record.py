@@ -100,7 +100,8 @@ RESCORABLE = ('core', 'landing', 'log', 'contrast_power', 'contrast_cap', 'null'
 
 # Settings whose default is no longer off: a record taken before they existed ran without them.
 ADDED_OFF = {'exclude_own': False, 'own_floor': False, 'scale_floor': 0.0, 'combine': 'both',  # 'both': the confirming test before the choice
-             'contrast_cap': False, 'confirm_quantile': 1.0}  # 1.0: the margin test's largest margin
+             'contrast_cap': False, 'confirm_quantile': 1.0,  # 1.0: the margin test's largest margin
+             'confirm_quantile_min': 0}
 
 
 def _apply(settings, hyp):

@@ -73,11 +73,12 @@ def test_quantile_margins_reads_the_quantile_of_the_images_kept():
 
 def test_margin_search_quantile_matches_the_per_image_searches(toy_model, monkeypatch):
     """Under HYP['confirm_quantile'] q each class's statistic is the q-quantile of the margins its images
-    reach searched one by one, the own class's images out."""
+    reach searched one by one, the own class's images out (HYP['confirm_quantile_min'] 0: at any image count)."""
     x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     split = solution._Split(toy_model.requires_grad_(False), 2)
     monkeypatch.setitem(solution.HYP, 'confirm_quantile', 0.25)
+    monkeypatch.setitem(solution.HYP, 'confirm_quantile_min', 0)
     with torch.enable_grad():
         h0 = split.features(x)
         alone = torch.tensor([solution._margin_search(split, h0[i:i + 1], 3, 3, 10, math.inf)[0] for i in range(6)]).T
