@@ -1275,10 +1275,9 @@ def _margin_search(split, h0, num_classes, chunk, steps, end, read=1.0, labels=N
     schedule, and reads the margins there (0.1: at the end of the warm-up). Each class's statistic is
     the HYP['confirm_quantile'] quantile of its images' margins (quantile_margins; 1, the seed's: the
     largest; the largest too with fewer than HYP['confirm_quantile_min'] images), given the images'
-    `labels` over the other classes' images only (all, where it has no
-    other). Classes run `chunk` at a time, each chunk stopping at its mark (_chunks). Also returns
-    where the image nearest each class's statistic lands in penultimate features: a list of (chunk, F)
-    tensors."""
+    `labels` over the other classes' images only (all, where it has no other). Classes run `chunk` at a
+    time, each chunk stopping at its mark (_chunks). Also returns where the image nearest each class's
+    statistic lands in penultimate features: a list of (chunk, F) tensors."""
     n, stats, landed = len(h0), [], []
     for classes, mark in _chunks(num_classes, chunk, end):
         chunk_classes = torch.tensor(classes, device=h0.device)
