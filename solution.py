@@ -1270,15 +1270,17 @@ def _margin_search(split, h0, num_classes, chunk, steps, end, read=1.0, labels=N
     own free variable, pushed towards the class for `steps` sign steps. The seed rebuilds AdamW at
     every step, so each of its steps is Adam's first, lr * g / (|g| + 1e-8) (a sign step, except
     where the gradient g is tiny), plus the decoupled weight decay; this takes that step directly, on
-    the release's warm-up and cosine schedule. The margins are those of the last forward pass, as the seed reads them; with
-    `read` < 1 the search stops after that share of the schedule's steps (at least one), on the same
-    schedule, and reads the margins there (0.1: at the end of the warm-up). Each class's statistic is
-    the HYP['confirm_quantile'] quantile of its images' margins (quantile_margins; 1, the seed's: the
-    largest; the largest too with fewer than HYP['confirm_quantile_min'] images), given the images'
-    `labels` over the other classes' images only (all, where it has no other). Classes run `chunk` at a
-    time, each chunk stopping at its mark (_chunks). Also returns where the image nearest each class's
-    statistic lands in penultimate features: a list of (chunk, F) tensors."""
+    the release's warm-up and cosine schedule. The margins are those of the last forward pass, as the
+    seed reads them; with `read` < 1 the search stops after that share of the schedule's steps (at
+    least one), on the same schedule, and reads the margins there (0.1: at the end of the warm-up).
+    Each class's statistic is the HYP['confirm_quantile'] quantile of its images' margins
+    (quantile_margins; 1, the seed's: the largest; the largest too with fewer than
+    HYP['confirm_quantile_min'] images), given the images' `labels` over the other classes' images only
+    (all, where it has no other). Classes run `chunk` at a time, each chunk stopping at its mark
+    (_chunks). Also returns where the image nearest each class's statistic lands in penultimate
+    features: a list of (chunk, F) tensors."""
     n, stats, landed = len(h0), [], []
+    q = HYP['confirm_quantile'] if n >= HYP['confirm_quantile_min'] else 1.0
     for classes, mark in _chunks(num_classes, chunk, end):
         chunk_classes = torch.tensor(classes, device=h0.device)
         target = chunk_classes.repeat_interleave(n)
@@ -1296,7 +1298,7 @@ def _margin_search(split, h0, num_classes, chunk, steps, end, read=1.0, labels=N
         if labels is not None:  # a class's own images start ahead: left out where others exist
             own = labels.view(1, n) == chunk_classes.view(-1, 1)
             m = torch.where(own & ~own.all(1, keepdim=True), torch.full_like(m, -math.inf), m)
-        best, at = quantile_margins(m, HYP['confirm_quantile'] if n >= HYP['confirm_quantile_min'] else 1.0)
+        best, at = quantile_margins(m, q)
         stats += best.tolist()
         landed.append(feats.detach().view(len(classes), n, -1)[torch.arange(len(classes), device=at.device), at])
     return stats, landed
