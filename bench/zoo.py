@@ -183,7 +183,8 @@ _SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 # seeds 1020-1022: a screen over every class first; 1030-1033: the 2-step rung; 1050-1056: a flat
 # Sidak correction; 1060-1061: the margin test's lower quartile; 1070-1072: the contrast discounted by
 # the dense standing; 1080-1081: the same at 43-200 classes; 1090-1091: the margin test's largest margin
-# below 8 images; 1100-1102: the margin test's statistic at 10 classes.
+# below 8 images; 1100-1102: the margin test's statistic at 10 classes; 1110-1112: the margin test's null
+# fitted without the other classes' two smallest statistics.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -260,6 +261,12 @@ GATE_MODELS = (
     ('cifar10', None, 1100, {}), ('cifar10', None, 1101, {}), ('mnist', None, 1100, {}),
     ('mnist', None, 1102, dict(augment=False)), ('mnist', 'badnets', 1101, dict(params=dict(patch=5))),
     ('mnist', 'blended', 1102, {}), ('mnist', 'badnets', 1100, {}), ('mnist', 'sig', 1100, {}),
+    # seeds 1110-1112: the margin test's null without its two smallest statistics, at 10 classes
+    ('cifar10', None, 1112, dict(adv='fgsm')), ('mnist', None, 1110, dict(adv='fgsm')), ('mnist', None, 1111, dict(adv='fgsm')),
+    ('cifar10', 'blended', 1110, {}), ('cifar10', 'sig', 1111, {}), ('cifar10', 'badnets', 1112, dict(params=dict(patch=5))),
+    ('cifar10', None, 1110, {}), ('cifar10', None, 1111, {}), ('mnist', 'trojannn', 1110, {}),
+    ('mnist', 'blended', 1111, {}), ('mnist', 'badnets', 1112, dict(params=dict(patch=5))), ('mnist', 'sig', 1111, {}),
+    ('mnist', None, 1110, dict(augment=False)), ('mnist', None, 1112, {}),
 )
 
 
