@@ -116,7 +116,11 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        on the seed's schedule of HYP['confirm_steps'] = 100 steps with its warm-up; quantile_margins: a
        trigger moves most images, a naturally easy class only its look-alikes; RESULTS.md, The contrast
        capped by the dense standing), read at the end of the warm-up (HYP['confirm_read'] = 0.1: ten steps,
-       each coordinate moved by at most the warm-up's step sizes, about 0.45), judged by step 4's null.
+       each coordinate moved by at most the warm-up's step sizes, about 0.45), judged by step 4's null
+       fitted without the other classes' two smallest statistics (HYP['confirm_trim'] = 2, null_fit:
+       MNIST's 1 sits 4-5 logits below the rest, sets the loc and widens the scale; above its third
+       smallest value an exponential sample is still exponential with the same scale; RESULTS.md, The
+       margin test's null without its two smallest statistics).
        Read at the seed's 100 steps, MNIST's 8 is reached as far as a trigger's target on clean models
        (RESULTS.md, The margin test as an alternative); read early, a shortcut the model learned stands out
        and a naturally easy class does not yet, and a class's own images, which start ahead, are left out
@@ -225,6 +229,7 @@ HYP = {
     'confirm_others': True,  # confirm: each class's largest margin over the other classes' images only (False: every image, as the seed)
     'confirm_quantile': 0.25, # confirm: a class's statistic is this quantile of the margins over those images (1 = the largest, the seed's; 0.25 = the lower quartile: a trigger moves most images, a naturally easy class its look-alikes)
     'confirm_quantile_min': 8, # confirm: with fewer images than this in its plan, the largest margin instead of the quantile (a quartile of 2-4 margins is nearly their least; 0 = always the quantile)
+    'confirm_trim': 2,       # confirm: its null is fitted without the other classes' this many smallest statistics (null_fit; 0 = all of them)
     'confirm_read': 0.1,     # confirm: the share of its step schedule after which the margins are read (1 = the seed's end; 0.1 = the end of the warm-up)
     'confirm_min': 2,        # confirm: the fewest images it runs with; where its share fits fewer, it is skipped and the release has the whole time (0: it always runs, on the smallest plan where none fits, cut by the deadline)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
@@ -991,20 +996,36 @@ def exact_tail(z, k):
     return min(1.0, max(0.0, math.fsum((signs * torch.exp(log_terms)).tolist())))
 
 
-def max_p_value(stats, null=None):
-    """p of the largest of K statistics under an exponential fitted to the other K-1: 1 - F(max)^K
-    (null 'plug-in'), or its exact tail probability (null 'exact', exact_tail); None: HYP['null']."""
+def _trimmed(k, trim):
+    """How many of the K-1 null points are left out: `trim`, but never so many that fewer than two remain."""
+    return max(0, min(trim, k - 3))
+
+
+def null_fit(stats, trim=0):
+    """(loc, scale) of the exponential fitted to the statistics other than the largest, without their
+    `trim` smallest (_trimmed). The exponential forgets where it starts: above its (j+1)-th smallest
+    value an exponential sample is still exponential with the same scale, so leaving out the j smallest
+    costs points, not bias, and a class far below the rest no longer sets the loc and widens the scale."""
+    s = torch.as_tensor(stats, dtype=torch.float64)
+    top = s.argmax()
+    others = torch.cat([s[:top], s[top + 1:]]).sort().values
+    return exponential_fit(others[_trimmed(len(s), trim):])
+
+
+def max_p_value(stats, null=None, trim=0):
+    """p of the largest of K statistics under an exponential fitted to the other K-1 (without their
+    `trim` smallest, null_fit): 1 - F(max)^K (null 'plug-in'), or its exact tail probability (null
+    'exact', exact_tail, over the K - trim statistics the fit keeps); None: HYP['null']."""
     null = HYP['null'] if null is None else null
     s = torch.as_tensor(stats, dtype=torch.float64)
     k = len(s)
     if k < 3:
         return 1.0  # one null point: no fit possible (documented fallback: called clean)
-    top = s.argmax()
-    loc, scale = exponential_fit(torch.cat([s[:top], s[top + 1:]]))
+    loc, scale = null_fit(s, trim)
     scale = max(scale, 1e-12 * max(1.0, abs(loc)), HYP['scale_floor'])
-    z = torch.clamp(s[top] - loc, min=0) / scale
+    z = torch.clamp(s.max() - loc, min=0) / scale
     if null == 'exact':
-        return exact_tail(z.item(), k)
+        return exact_tail(z.item(), k - _trimmed(k, trim))
     return float(1 - (1 - torch.exp(-z)) ** k)
 
 # -----------------------------------------------------------------------------
@@ -1054,7 +1075,8 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             raise ValueError(f"HYP['{key}'] is {r!r}; it is {what}, a number in (0, 1]")
     for key, what, least in (('confirm_steps', 'a number of steps', 1), ('draws', 'a number of image draws', 1),
                              ('confirm_min', 'a number of images (0 = always run)', 0),
-                             ('confirm_quantile_min', 'a number of images (0 = always the quantile)', 0)):  # counts
+                             ('confirm_quantile_min', 'a number of images (0 = always the quantile)', 0),
+                             ('confirm_trim', 'a number of null points left out (0 = none)', 0)):  # counts
         v = HYP[key]
         if isinstance(v, bool) or not (isinstance(v, int) and v >= least):
             raise ValueError(f"HYP['{key}'] is {v!r}; it is {what}, an int >= {least}")
@@ -1164,7 +1186,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     raw, far, cores = runs[0]
     stats, dense = finals[0], finals[1] if len(finals) > 1 else None
     target = int(np.argmax(judged))
-    loc, scale = exponential_fit([s for i, s in enumerate(judged) if i != target]) if num_classes > 2 else (judged[0], 0.0)
+    loc, scale = null_fit(judged, HYP['confirm_trim'] if test == 'margin' else 0) if num_classes > 2 else (judged[0], 0.0)
     return {
         'verdict': 0 if p < P_THRESHOLD else 1,  # 0 backdoored, 1 clean
         'p_value': p,
@@ -1322,7 +1344,7 @@ def combine(p_release, per_margin, finals):
     per-class statistics and the release passes' final statistics, by HYP['combine']: 'both', an
     intersection-union test, max(p, p_margin); 'either', alternatives, 1 - (1 - min(p, p_margin))^2
     (Sidak); 'agree', the same, with p_margin counted only where a pass leads with its class."""
-    p_margin = max_p_value(per_margin)
+    p_margin = max_p_value(per_margin, trim=HYP['confirm_trim'])
     if HYP['combine'] == 'both':
         return max(p_release, p_margin), p_margin, False
     agrees = HYP['combine'] == 'either' or int(np.argmax(per_margin)) in {int(np.argmax(f)) for f in finals}

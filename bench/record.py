@@ -95,13 +95,13 @@ REDUCE = {
 
 
 # The settings rescoring applies itself (solution._decide and the factors); any other needs a new recording.
-RESCORABLE = ('core', 'landing', 'log', 'contrast_power', 'contrast_cap', 'null', 'scale_floor', 'spike')
+RESCORABLE = ('core', 'landing', 'log', 'contrast_power', 'contrast_cap', 'null', 'scale_floor', 'spike', 'confirm_trim')
 
 
 # Settings whose default is no longer off: a record taken before they existed ran without them.
 ADDED_OFF = {'exclude_own': False, 'own_floor': False, 'scale_floor': 0.0, 'combine': 'both',  # 'both': the confirming test before the choice
              'contrast_cap': False, 'confirm_quantile': 1.0,  # 1.0: the margin test's largest margin
-             'confirm_quantile_min': 0}
+             'confirm_quantile_min': 0, 'confirm_trim': 0}
 
 
 def _apply(settings, hyp):

@@ -177,9 +177,25 @@ def test_confirm_is_an_intersection_union_and_leaves_the_release_alone(toy_model
     on = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
     assert on['per_class'] == off['per_class'] and on['p_release'] == off['p_value']  # same plan, same release
     assert on['confirm_plan'] == (6, 16) and len(on['per_class_margin']) == 10
-    assert on['p_margin'] == solution.max_p_value(on['per_class_margin'])
+    assert on['p_margin'] == solution.max_p_value(on['per_class_margin'], trim=solution.HYP['confirm_trim'])
     assert on['p_value'] == max(on['p_release'], on['p_margin'])
     assert on['verdict'] == (0 if on['p_value'] < solution.P_THRESHOLD else 1)
+
+
+def test_confirm_trim_fits_the_margin_null_without_the_smallest_others(toy_model, image_folder, fast, monkeypatch):
+    """HYP['confirm_trim'] reaches the margin test's null only: its p-value, and the null evidence reports
+    where the margin test decides; the release's own p-value is the same."""
+    monkeypatch.setitem(solution.HYP, 'confirm_steps', 16)
+    margins = [-6.0, -5.0, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 3.0]  # two classes far below the rest
+    monkeypatch.setattr(solution, '_margin_search', lambda *a, **k: (list(margins), [torch.zeros(10, 4)]))
+    monkeypatch.setitem(solution.HYP, 'confirm_trim', 0)
+    plain = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    monkeypatch.setitem(solution.HYP, 'confirm_trim', 2)
+    trimmed = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert plain['p_margin'] == solution.max_p_value(margins) > 0.5
+    assert trimmed['p_margin'] == solution.max_p_value(margins, trim=2) < 0.01
+    assert trimmed['p_release'] == plain['p_release'] and trimmed['judged'] == 'margin' and trimmed['target'] == 9
+    assert (trimmed['null_loc'], trimmed['null_scale']) == pytest.approx(solution.null_fit(margins, trim=2))
 
 
 def test_confirm_takes_its_share_of_the_budget_after_the_release(toy_model, image_folder, fast, monkeypatch):
@@ -247,7 +263,7 @@ def test_confirm_landing_discounts_a_class_whose_best_image_lands_among_its_own(
     assert m[0] == pytest.approx(0.0, abs=1e-6)  # landed on class 0's own images: discounted to nothing
     softplus5 = math.log1p(math.exp(5.0))
     assert 0.7 * softplus5 < m[1] <= softplus5 + 1e-12  # off them: kept
-    assert m[2] < m[1] and e['p_margin'] == solution.max_p_value(m)
+    assert m[2] < m[1] and e['p_margin'] == solution.max_p_value(m, trim=solution.HYP['confirm_trim'])
 
 
 def test_both_needs_the_margin_test_too(toy_model, image_folder, fast, monkeypatch):
@@ -264,7 +280,8 @@ def test_both_needs_the_margin_test_too(toy_model, image_folder, fast, monkeypat
                                      ('confirm_quantile', 0.0), ('confirm_quantile', 1.5), ('confirm_quantile', True),
                                      ('confirm_read', True), ('confirm_others', 'yes'), ('confirm_min', -1),
                                      ('confirm_min', 2.0), ('confirm_min', True), ('confirm_quantile_min', -1),
-                                     ('confirm_quantile_min', 8.0), ('confirm_quantile_min', None)])
+                                     ('confirm_quantile_min', 8.0), ('confirm_quantile_min', None),
+                                     ('confirm_trim', -1), ('confirm_trim', 2.0), ('confirm_trim', True)])
 def test_confirm_settings_are_checked(toy_model, image_folder, monkeypatch, key, bad):
     monkeypatch.setitem(solution.HYP, key, bad)
     with pytest.raises(ValueError, match=key):

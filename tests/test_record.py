@@ -219,6 +219,23 @@ def test_the_scale_floor_rescores_and_a_record_from_before_it_rescores_without_i
     assert math.isclose(record.rescore(rec)[0], p, rel_tol=1e-5, abs_tol=1e-12)
 
 
+def test_the_margin_null_trim_rescores_and_a_record_from_before_it_rescores_without_it(rec, monkeypatch):
+    """confirm_trim acts on the margin test's recorded statistics, so a record rescores under it."""
+    margins = [-6.0, -5.0, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 3.0]
+    rec['evidence']['per_class_margin'] = margins
+    rec['hyp']['confirm_trim'] = 0  # as if recorded without it
+    plain, target, finals = record.rescore(rec)
+    trimmed = record.rescore(rec, sets=('confirm_trim=2',))[0]
+    monkeypatch.setitem(solution.HYP, 'confirm_trim', 0)  # combine() reads the setting in force
+    expect = solution.combine(record.rescore(dict(rec, evidence=dict(rec['evidence'], per_class_margin=None)))[0],
+                              margins, finals)[0]
+    assert plain == pytest.approx(expect, rel=1e-9)
+    assert trimmed < 0.02 < plain  # the two classes far below no longer hide class 9
+    del rec['hyp']['confirm_trim']
+    monkeypatch.setitem(solution.HYP, 'confirm_trim', 2)
+    assert record.rescore(rec)[0] == pytest.approx(plain, rel=1e-9)
+
+
 def test_records_load_without_pickled_code(rec, tmp_path):
     path = tmp_path / 'm.pt'
     rec.update(seconds=1.0, truth=1, meta={'data': 'toy', 'attack': 'clean'})

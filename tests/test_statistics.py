@@ -513,3 +513,25 @@ def test_the_scale_floor_keeps_a_small_lead_over_near_zero_statistics_from_being
     floored = solution.max_p_value(wide)
     monkeypatch.setitem(solution.HYP, 'scale_floor', 0.0)
     assert floored == solution.max_p_value(wide) and 0.01 < floored < 0.9
+
+
+def test_null_fit_leaves_out_the_smallest_others_but_keeps_two():
+    stats = [0.0, 5.0, 5.5, 6.0, 6.5, 20.0]  # the largest, 20, is never a null point
+    assert solution.null_fit(stats) == solution.exponential_fit(stats[:5])
+    assert solution.null_fit(stats, trim=1) == pytest.approx((5.0, 0.75))
+    assert solution.null_fit(stats, trim=9) == pytest.approx((6.0, 0.25))  # at least two null points remain
+    assert solution.max_p_value([0.0, 5.0, 1.0], trim=2) == solution.max_p_value([0.0, 5.0, 1.0])  # k = 3: nothing to leave out
+
+
+def test_trimmed_null_ignores_a_low_outlier_and_keeps_its_rate_on_exponential_draws():
+    # One class far below the rest sets the untrimmed null's loc and widens its scale, hiding a clear lead.
+    x = [-4.0, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 3.0]
+    assert solution.max_p_value(x) > 0.5 and solution.max_p_value(x, trim=2) < 0.02
+    # The exponential forgets its start: on exponential statistics the trimmed exact null keeps its level,
+    # and the trimmed plug-in fires about as often as the untrimmed one.
+    g = torch.Generator().manual_seed(3)
+    draws = [torch.empty(10, dtype=torch.float64).exponential_(generator=g) for _ in range(3000)]
+    rate = {(null, t): sum(solution.max_p_value(d, null=null, trim=t) < 0.08 for d in draws) / len(draws)
+            for null in ('plug-in', 'exact') for t in (0, 2)}
+    assert 0.06 < rate['exact', 2] < 0.10
+    assert abs(rate['plug-in', 2] - rate['plug-in', 0]) < 0.04
