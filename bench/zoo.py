@@ -184,7 +184,7 @@ _SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 # Sidak correction; 1060-1061: the margin test's lower quartile; 1070-1072: the contrast discounted by
 # the dense standing; 1080-1081: the same at 43-200 classes; 1090-1091: the margin test's largest margin
 # below 8 images; 1100-1102: the margin test's statistic at 10 classes; 1110-1112: the margin test's null
-# fitted without the other classes' two smallest statistics.
+# fitted without the other classes' two smallest statistics; 1120-1122: a held-out check of that release.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -267,6 +267,12 @@ GATE_MODELS = (
     ('cifar10', None, 1110, {}), ('cifar10', None, 1111, {}), ('mnist', 'trojannn', 1110, {}),
     ('mnist', 'blended', 1111, {}), ('mnist', 'badnets', 1112, dict(params=dict(patch=5))), ('mnist', 'sig', 1111, {}),
     ('mnist', None, 1110, dict(augment=False)), ('mnist', None, 1112, {}),
+    # seeds 1120-1122: a held-out check of the trimmed margin null, at 10 classes
+    ('cifar10', None, 1121, dict(adv='fgsm')), ('mnist', None, 1122, dict(adv='fgsm')), ('cifar10', 'trojannn', 1121, {}),
+    ('cifar10', 'sig', 1122, {}), ('cifar10', 'blended', 1121, {}), ('cifar10', 'badnets', 1120, {}),
+    ('cifar10', None, 1120, {}), ('cifar10', None, 1122, {}), ('mnist', 'sig', 1120, {}),
+    ('mnist', 'blended', 1122, {}), ('mnist', 'badnets', 1121, {}), ('mnist', None, 1120, {}),
+    ('mnist', None, 1121, {}), ('mnist', None, 1121, dict(augment=False)),
 )
 
 
