@@ -116,11 +116,13 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        on the seed's schedule of HYP['confirm_steps'] = 100 steps with its warm-up; quantile_margins: a
        trigger moves most images, a naturally easy class only its look-alikes; RESULTS.md, The contrast
        capped by the dense standing), read at the end of the warm-up (HYP['confirm_read'] = 0.1: ten steps,
-       each coordinate moved by at most the warm-up's step sizes, about 0.45), judged by step 4's null
-       fitted without the other classes' two smallest statistics (HYP['confirm_trim'] = 2, null_fit:
-       MNIST's 1 sits 4-5 logits below the rest, sets the loc and widens the scale; above its third
-       smallest value an exponential sample is still exponential with the same scale; RESULTS.md, The
-       margin test's null without its two smallest statistics).
+       each coordinate moved by at most the warm-up's step sizes, about 0.45), judged by step 4's null.
+       Off by default, HYP['confirm_trim'] fits that null without the other classes' smallest
+       statistics (null_fit: MNIST's 1 sits 4-5 logits below the rest, sets the loc and widens the
+       scale; above its third smallest value an exponential sample is still exponential with the same
+       scale). At 2 it finds more backdoors and flags more clean models, an FGSM-trained CIFAR-10 one and
+       MNIST's natural 8 among them (RESULTS.md, The margin test's null without its two smallest
+       statistics: adopted on 14 fresh models, taken out on 14 more).
        Read at the seed's 100 steps, MNIST's 8 is reached as far as a trigger's target on clean models
        (RESULTS.md, The margin test as an alternative); read early, a shortcut the model learned stands out
        and a naturally easy class does not yet, and a class's own images, which start ahead, are left out
@@ -229,7 +231,7 @@ HYP = {
     'confirm_others': True,  # confirm: each class's largest margin over the other classes' images only (False: every image, as the seed)
     'confirm_quantile': 0.25, # confirm: a class's statistic is this quantile of the margins over those images (1 = the largest, the seed's; 0.25 = the lower quartile: a trigger moves most images, a naturally easy class its look-alikes)
     'confirm_quantile_min': 8, # confirm: with fewer images than this in its plan, the largest margin instead of the quantile (a quartile of 2-4 margins is nearly their least; 0 = always the quantile)
-    'confirm_trim': 2,       # confirm: its null is fitted without the other classes' this many smallest statistics (null_fit; 0 = all of them)
+    'confirm_trim': 0,       # confirm: its null is fitted without the other classes' this many smallest statistics (null_fit; 0 = all of them)
     'confirm_read': 0.1,     # confirm: the share of its step schedule after which the margins are read (1 = the seed's end; 0.1 = the end of the warm-up)
     'confirm_min': 2,        # confirm: the fewest images it runs with; where its share fits fewer, it is skipped and the release has the whole time (0: it always runs, on the smallest plan where none fits, cut by the deadline)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
