@@ -184,8 +184,8 @@ _SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 # Sidak correction; 1060-1061: the margin test's lower quartile; 1070-1072: the contrast discounted by
 # the dense standing; 1080-1081: the same at 43-200 classes; 1090-1091: the margin test's largest margin
 # below 8 images; 1100-1102: the margin test's statistic at 10 classes; 1110-1112: the margin test's null
-# fitted without the other classes' two smallest statistics; 1120-1122 and 1130-1131: held-out checks of
-# that release at 10 and at 43-200 classes.
+# fitted without the other classes' two smallest statistics; 1120-1122 and 1130-1131: held-out checks,
+# the trim scored beside the release, at 10 and at 43-200 classes.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -274,7 +274,7 @@ GATE_MODELS = (
     ('cifar10', None, 1120, {}), ('cifar10', None, 1122, {}), ('mnist', 'sig', 1120, {}),
     ('mnist', 'blended', 1122, {}), ('mnist', 'badnets', 1121, {}), ('mnist', None, 1120, {}),
     ('mnist', None, 1121, {}), ('mnist', None, 1121, dict(augment=False)),
-    # seeds 1130-1131: a held-out check of the trimmed margin null, at 43-200 classes
+    # seeds 1130-1131: a held-out check of the release (the trim scored beside it), at 43-200 classes
     ('gtsrb', None, 1131, dict(adv='fgsm')), ('gtsrb', 'badnets', 1130, {}), ('tiny32', 'badnets', 1131, {}),
     ('gtsrb', 'blended', 1131, {}), ('gtsrb', None, 1130, {}), ('tiny32', None, 1130, {}),
     ('synthetic', 'blended', 1130, _SYN100), ('synthetic', None, 1131, _SYN100), ('synthetic', 'badnets', 1131, _SYN200),
