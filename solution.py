@@ -102,7 +102,9 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        patch could not reach, with a dense standing below the mean (RESULTS.md, The contrast capped
        by the dense standing). Both sets go through step 4, and the model is backdoored iff
        1 - (1 - min(p_patch, p_contrast))^2 < P_THRESHOLD (Sidak's correction for taking the smaller
-       of two p-values), the file's one tuned constant.
+       of two p-values), the file's one tuned constant. Off by default, HYP['contrast_own'] counts the
+       contrast only where its top class's clean images are held with a small share of the classes'
+       mean margin (_own_gate: SIG's target), never MNIST's natural 8.
     6. Off by default, HYP['spike'] adds a third test: per class, spike() asks how far its patch
        direction drives some penultimate unit beyond the folder's clean images (the largest z over
        the units of where it lands them). A trigger is a feature of its own and often has units of
@@ -241,6 +243,7 @@ HYP = {
     'contrast': True,        # a second, dense pass (area 0), and contrast() of the two tested too (_contrasted: needs an area, 'transfer')
     'contrast_power': 2.0,   # contrast: q in D~ / (P~ + 1) ** q; the larger, the more a class that is easy with a patch too is discounted
     'contrast_cap': True,    # contrast: times min(1, S~) too, S~ the dense statistic before the log over its mean: a class below the mean dense standing is discounted (a trigger's target is reached densely at least as well as the average class)
+    'contrast_own': 0.0,     # contrast: counted only where its top class's clean images hold at most this share of the classes' mean own margin (_own_gate; 0 = always counted)
     'contrast_plan': 30,     # contrast: only when each pass's plan has at least this many images x steps per class (2 x 15, the least RESULTS.md measured), else the patch pass alone
     'lr': 0.1,               # peak AdamW learning rate on the activation
     'lr_final': 0.001,       # cosine decay ends here
@@ -1064,7 +1067,8 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             raise ValueError(f"HYP['{key}'] is {HYP[key]!r}; choose one of {choices}")
     for key, what, zero in (('landing', 'an exponent', 'off'), ('contrast_power', 'an exponent', 'the dense pass alone'),
                             ('confirm_landing', 'an exponent', "the seed's raw margin"),
-                            ('core', 'an exponent', 'off'), ('scale_floor', 'a scale', 'none')):  # numbers >= 0
+                            ('core', 'an exponent', 'off'), ('scale_floor', 'a scale', 'none'),
+                            ('contrast_own', 'a share of the mean own margin', 'always counted')):  # numbers >= 0
         v = HYP[key]
         if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise ValueError(f"HYP['{key}'] is {v!r}; it is {what}, a number >= 0 (0 = {zero})")
@@ -1102,10 +1106,11 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             h_all = split.features(x.to(device))  # (N, C, H, W)
         transfer = HYP['statistic'] == 'transfer'  # the factors below scale the transfer statistic only
         lands = transfer and HYP['landing'] > 0
-        wants_feats = (lands or transfer and (HYP['own_norm'] or HYP['own_floor'] or HYP['spike'])
+        wants_feats = (lands or transfer and (HYP['own_norm'] or HYP['own_floor'] or HYP['spike'] or HYP['contrast_own'])
                        or HYP['confirm'] and HYP['confirm_landing'] > 0) and not data_free
         feats, y = _clean_features(split, h_all, labels, num_classes) if wants_feats else (None, None)
-        own = own_margins(split, feats, y, num_classes) if HYP['own_norm'] or HYP['own_floor'] else [0.0] * num_classes
+        own = (own_margins(split, feats, y, num_classes) if HYP['own_norm'] or HYP['own_floor'] or HYP['contrast_own']
+               else [0.0] * num_classes)
         if HYP['init'] == 'noise':  # start from uniform noise over that range instead of the images
             x = lo + (hi - lo) * torch.rand(x.shape, generator=gen)
             with torch.no_grad():
@@ -1227,7 +1232,8 @@ def _decide(runs, own, transfer, spikes=None, floor=None):
     test. The p-value is Sidak's over the tests run: 1 - (1 - the smallest) ** (how many). With
     `floor` (None: HYP['own_floor'] is True; evidence() resolves 'sparse' for its draw, _when) each
     transfer statistic S of class t first becomes (1 - 1/K) S + own[t] / K (the core factors were taken
-    before), and HYP['own_norm'] divides by 1 + own[t]."""
+    before), and HYP['own_norm'] divides by 1 + own[t]. HYP['contrast_own'] may leave the contrast
+    uncounted (p 1, _own_gate)."""
     finals, plain, raw = [], [], []
     k = len(own)
     norm = own if HYP['own_norm'] else [0.0] * k
@@ -1244,7 +1250,7 @@ def _decide(runs, own, transfer, spikes=None, floor=None):
         plain.append(base)
     per_contrast = contrast(plain[0], plain[1], raw[1]) if len(finals) > 1 else None
     tests = [('patch', finals[0]), ('contrast', per_contrast), ('spike', spikes)]
-    tests = [(name, v, max_p_value(v)) for name, v in tests if v is not None]
+    tests = [(name, v, max_p_value(v) if name != 'contrast' or _own_gate(v, own) else 1.0) for name, v in tests if v is not None]
     p_patch = tests[0][2]
     test, judged, p_min = min(tests, key=lambda t: t[2])  # the first of equals: the patch test on a tie
     p = p_min if len(tests) == 1 else 1 - (1 - p_min) ** len(tests)  # Sidak: the smallest of len(tests) p-values
@@ -1352,6 +1358,20 @@ def combine(p_release, per_margin, finals):
     agrees = HYP['combine'] == 'either' or int(np.argmax(per_margin)) in {int(np.argmax(f)) for f in finals}
     counted = p_margin if agrees else 1.0
     return 1 - (1 - min(p_release, counted)) ** 2, p_margin, counted < p_release
+
+
+def _own_gate(per_contrast, own):
+    """Whether the contrast test counts (HYP['contrast_own'] = r > 0): only where its top class's clean
+    images are held with at most r times the classes' mean own margin (own_margins()). A clean-label
+    trigger (SIG) is learnt in place of the target class's own features: on the records of RESULTS.md
+    its target's clean images had 0-9% of the mean margin, every other class 12% or more. Uncounted,
+    the test still ran: the Sidak correction stays over it (_decide). Without own margins (all 0,
+    data-free) it always counts."""
+    r = HYP['contrast_own']
+    if not r:
+        return True
+    top = max(range(len(per_contrast)), key=per_contrast.__getitem__)
+    return own[top] <= r * sum(own) / len(own)
 
 
 def contrast(patch, dense, standing=None):

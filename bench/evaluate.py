@@ -97,7 +97,7 @@ def run_one(detector, folder, meta, explain_dir=None, detector_name='solution'):
     row.update(verdict=int(ev['verdict']), p_value=ev.get('p_value'), statistic=ev.get('statistic'),
                target=ev.get('target'), per_class=ev.get('per_class'), explain=None,
                p_patch=ev.get('p_patch'), per_class_dense=ev.get('per_class_dense'),  # solution's two tests
-               per_class_contrast=ev.get('per_class_contrast'),
+               per_class_contrast=ev.get('per_class_contrast'), own_margin=ev.get('own_margin'),
                p_release=ev.get('p_release'), p_margin=ev.get('p_margin'),  # solution's confirming test
                per_class_margin=ev.get('per_class_margin'), confirm_plan=ev.get('confirm_plan'),
                p_draws=ev.get('p_draws'), plan=_plan(ev))

@@ -20,9 +20,9 @@ class's own images out (HYP['exclude_own']; by default where the draw holds fewe
 classes) holds margins under directions built without them and scored with 'mean_other'; 'recorded'
 picks that from the record's settings and draw. With --json the rows are written in bench.evaluate's
 format, for bench.compare. --set changes a setting that acts after the margins (RESCORABLE: the
-factors' exponents, the log, the null and its scale floor, the spike test); one recording with the
-core factor on and the refinement off holds the cut margins, so it rescores at any exponent, 0
-included (with the refinement on, no cut is scored: the factor is 1 at any exponent; a call that ran
+factors' exponents, the log, the null and its scale floor, the spike test, the contrast's gate); one
+recording with the core factor on and the refinement off holds the cut margins, so it rescores at any
+exponent, 0 included (with the refinement on, no cut is scored: the factor is 1 at any exponent; a call that ran
 without the cut, evidence 'core_power' 0, rescores at 0 only). Settings that change more (steps,
 images, area, ...) need a new recording: pass them with --set when recording.
 """
@@ -95,13 +95,13 @@ REDUCE = {
 
 
 # The settings rescoring applies itself (solution._decide and the factors); any other needs a new recording.
-RESCORABLE = ('core', 'landing', 'log', 'contrast_power', 'contrast_cap', 'null', 'scale_floor', 'spike', 'confirm_trim')
+RESCORABLE = ('core', 'landing', 'log', 'contrast_power', 'contrast_cap', 'null', 'scale_floor', 'spike', 'confirm_trim', 'contrast_own')
 
 
 # Settings whose default is no longer off: a record taken before they existed ran without them.
 ADDED_OFF = {'exclude_own': False, 'own_floor': False, 'scale_floor': 0.0, 'combine': 'both',  # 'both': the confirming test before the choice
              'contrast_cap': False, 'confirm_quantile': 1.0,  # 1.0: the margin test's largest margin
-             'confirm_quantile_min': 0, 'confirm_trim': 0}
+             'confirm_quantile_min': 0, 'confirm_trim': 0, 'contrast_own': 0.0}
 
 
 def _apply(settings, hyp):

@@ -185,7 +185,8 @@ _SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 # the dense standing; 1080-1081: the same at 43-200 classes; 1090-1091: the margin test's largest margin
 # below 8 images; 1100-1102: the margin test's statistic at 10 classes; 1110-1112: the margin test's null
 # fitted without the other classes' two smallest statistics; 1120-1122 and 1130-1131: held-out checks,
-# the trim scored beside the release, at 10 and at 43-200 classes.
+# the trim scored beside the release, at 10 and at 43-200 classes; 1140-1142: the contrast counted only
+# where its top class's clean images are held with a small share of the mean own margin.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -279,6 +280,12 @@ GATE_MODELS = (
     ('gtsrb', 'blended', 1131, {}), ('gtsrb', None, 1130, {}), ('tiny32', None, 1130, {}),
     ('synthetic', 'blended', 1130, _SYN100), ('synthetic', None, 1131, _SYN100), ('synthetic', 'badnets', 1131, _SYN200),
     ('synthetic', None, 1130, _SYN200),
+    # seeds 1140-1142: the contrast counted only where its top class's own margin is low, at 10 classes
+    ('cifar10', None, 1142, dict(adv='fgsm')), ('mnist', None, 1142, dict(adv='fgsm')), ('cifar10', 'trojannn', 1142, {}),
+    ('mnist', 'trojannn', 1142, {}), ('cifar10', 'sig', 1140, {}), ('cifar10', 'blended', 1141, {}),
+    ('cifar10', None, 1140, {}), ('cifar10', None, 1141, dict(label_smoothing=0.1)), ('mnist', 'sig', 1141, {}),
+    ('mnist', 'blended', 1140, {}), ('mnist', 'badnets', 1141, {}), ('mnist', None, 1140, {}),
+    ('mnist', None, 1141, {}), ('mnist', None, 1140, dict(augment=False)),
 )
 
 

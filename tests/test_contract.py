@@ -201,6 +201,17 @@ def test_the_reported_null_scale_is_the_one_the_p_value_used(toy_model, image_fo
         solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
 
 
+def test_the_contrast_gate_takes_a_share_of_the_mean_own_margin(toy_model, image_folder, tiny, monkeypatch):
+    """HYP['contrast_own'] is a number >= 0; with it on, evidence() reports every class's own margin."""
+    monkeypatch.setitem(solution.HYP, 'own_floor', False)
+    monkeypatch.setitem(solution.HYP, 'contrast_own', 0.15)
+    e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert len(e['own_margin']) == 10 and all(o > 0 for o in e['own_margin'])  # computed for the gate alone
+    monkeypatch.setitem(solution.HYP, 'contrast_own', -0.1)
+    with pytest.raises(ValueError, match='contrast_own'):
+        solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+
+
 def test_the_contrast_runs_a_patch_pass_then_a_dense_pass_inside_one_budget(release_alone, toy_model, image_folder, fast, monkeypatch):
     """With the contrast on, every class is optimised twice: first with the area limit and the value
     bounds, then densely with neither. Each pass gets its share of the one budget, and the verdict

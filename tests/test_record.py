@@ -236,6 +236,22 @@ def test_the_margin_null_trim_rescores_and_a_record_from_before_it_rescores_with
     assert record.rescore(rec)[0] == pytest.approx(plain, rel=1e-9)
 
 
+def test_the_contrast_gate_rescores_from_the_recorded_own_margins(rec):
+    """contrast_own acts after the margins, on the record's own margins: a record rescores under it."""
+    ev = rec['evidence']
+    assert ev['per_class_contrast'] is not None  # FAST runs both passes
+    ev['per_class_margin'] = None  # the release's tests alone
+    k = rec['num_classes']
+    plain = record.rescore(rec)[0]
+    top = max(range(k), key=ev['per_class_contrast'].__getitem__)
+    ev['own_margin'] = [1.0] * k
+    ev['own_margin'][top] = 0.0
+    assert record.rescore(rec, sets=('contrast_own=0.15',))[0] == pytest.approx(plain, rel=1e-9)  # counted
+    ev['own_margin'][top] = 1.0
+    gated = record.rescore(rec, sets=('contrast_own=0.15',))[0]
+    assert gated == pytest.approx(1 - (1 - ev['p_patch']) ** 2, rel=1e-6)  # the patch test's, Sidak over two
+
+
 def test_records_load_without_pickled_code(rec, tmp_path):
     path = tmp_path / 'm.pt'
     rec.update(seconds=1.0, truth=1, meta={'data': 'toy', 'attack': 'clean'})

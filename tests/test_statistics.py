@@ -459,6 +459,32 @@ def test_decide_caps_the_contrast_by_the_dense_statistic_before_the_log(monkeypa
     assert capped[3] == pytest.approx(24 / 33.5 * plain[3]) and capped[2] == pytest.approx(plain[2])
 
 
+def test_the_own_gate_counts_the_contrast_only_where_its_top_class_is_held_weakly(monkeypatch):
+    """HYP['contrast_own'] = r: the contrast test counts only where its top class's own margin is at most r
+    times the classes' mean; uncounted, the p-value is the patch test's, still Sidak-corrected over two.
+    Class 3 is out of a patch's reach and far ahead densely: the contrast finds it."""
+    monkeypatch.setitem(solution.HYP, 'own_floor', False)
+    monkeypatch.setitem(solution.HYP, 'contrast_cap', False)
+    k = 10
+    patch = [1.0 + 0.1 * i for i in range(k)]
+    patch[3] = 0.0
+    dense = [10.0 + 0.5 * i for i in range(k)]
+    dense[3] = 200.0
+    runs = [(patch, [1.0] * k, [1.0] * k), (dense, [1.0] * k, [1.0] * k)]
+    weak, held = [8.0] * k, [8.0] * k
+    weak[3], held[3] = 0.5, 9.0  # 0.5 / 7.25 = 0.07 of the mean; 9 / 8.1 = 1.1
+    monkeypatch.setitem(solution.HYP, 'contrast_own', 0.0)
+    _, c, p_off, p_patch, test_off, _ = solution._decide(runs, held, True)
+    assert test_off == 'contrast' and max(range(k), key=c.__getitem__) == 3 and p_off < 0.08
+    monkeypatch.setitem(solution.HYP, 'contrast_own', 0.15)
+    _, _, p_weak, _, test_weak, _ = solution._decide(runs, weak, True)
+    assert (p_weak, test_weak) == (p_off, 'contrast')  # a class held weakly (SIG's target): counted
+    _, c_held, p_held, p_patch_held, test_held, judged = solution._decide(runs, held, True)
+    assert test_held == 'patch' and judged[3] < max(judged) and c_held == pytest.approx(c)  # the contrast still reported
+    assert p_held == pytest.approx(1 - (1 - p_patch_held) ** 2) and p_held > 0.08  # Sidak over both tests that ran
+    assert solution._decide(runs, [0.0] * k, True)[2] == p_off  # no own margins (data-free): always counted
+
+
 def test_keep_window_keeps_the_one_square_window_with_the_most_energy():
     """_keep_window zeroes each row outside one square window of side round(sqrt(area * H * W)): the
     window whose summed energy is the largest of all windows, values inside untouched."""
