@@ -186,7 +186,8 @@ _SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 # below 8 images; 1100-1102: the margin test's statistic at 10 classes; 1110-1112: the margin test's null
 # fitted without the other classes' two smallest statistics; 1120-1122 and 1130-1131: held-out checks,
 # the trim scored beside the release, at 10 and at 43-200 classes; 1140-1142: the contrast counted only
-# where its top class's clean images are held with a small share of the mean own margin.
+# where its top class's clean images are held with a small share of the mean own margin; 1150-1151: the
+# margin null's trim only where that test reads each class's largest margin (43-200 classes).
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -286,6 +287,11 @@ GATE_MODELS = (
     ('cifar10', None, 1140, {}), ('cifar10', None, 1141, dict(label_smoothing=0.1)), ('mnist', 'sig', 1141, {}),
     ('mnist', 'blended', 1140, {}), ('mnist', 'badnets', 1141, {}), ('mnist', None, 1140, {}),
     ('mnist', None, 1141, {}), ('mnist', None, 1140, dict(augment=False)),
+    # seeds 1150-1151: the margin null's trim only where that test reads the largest margin, at 43-200 classes
+    ('gtsrb', None, 1151, dict(adv='fgsm')), ('gtsrb', 'sig', 1150, {}), ('gtsrb', 'badnets', 1151, {}),
+    ('tiny32', 'blended', 1151, {}), ('tiny32', 'badnets', 1150, {}), ('gtsrb', None, 1150, {}),
+    ('tiny32', None, 1151, {}), ('synthetic', 'blended', 1151, _SYN100), ('synthetic', 'badnets', 1150, _SYN100),
+    ('synthetic', None, 1150, _SYN100), ('synthetic', 'blended', 1150, _SYN200), ('synthetic', None, 1151, _SYN200),
 )
 
 
