@@ -233,7 +233,8 @@ HYP = {
     'confirm_others': True,  # confirm: each class's largest margin over the other classes' images only (False: every image, as the seed)
     'confirm_quantile': 0.25, # confirm: a class's statistic is this quantile of the margins over those images (1 = the largest, the seed's; 0.25 = the lower quartile: a trigger moves most images, a naturally easy class its look-alikes)
     'confirm_quantile_min': 8, # confirm: with fewer images than this in its plan, the largest margin instead of the quantile (a quartile of 2-4 margins is nearly their least; 0 = always the quantile)
-    'confirm_trim': 0,       # confirm: its null is fitted without the other classes' this many smallest statistics (null_fit; 0 = all of them)
+    'confirm_trim': 0,       # confirm: its null is fitted without the other classes' this many smallest statistics, where it reads the quantile (null_fit; 0 = all of them)
+    'confirm_trim_largest': 0, # confirm: the same, where it reads each class's largest margin (fewer than confirm_quantile_min images; _margin_trim)
     'confirm_read': 0.1,     # confirm: the share of its step schedule after which the margins are read (1 = the seed's end; 0.1 = the end of the warm-up)
     'confirm_min': 2,        # confirm: the fewest images it runs with; where its share fits fewer, it is skipped and the release has the whole time (0: it always runs, on the smallest plan where none fits, cut by the deadline)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
@@ -1082,7 +1083,8 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     for key, what, least in (('confirm_steps', 'a number of steps', 1), ('draws', 'a number of image draws', 1),
                              ('confirm_min', 'a number of images (0 = always run)', 0),
                              ('confirm_quantile_min', 'a number of images (0 = always the quantile)', 0),
-                             ('confirm_trim', 'a number of null points left out (0 = none)', 0)):  # counts
+                             ('confirm_trim', 'a number of null points left out (0 = none)', 0),
+                             ('confirm_trim_largest', 'a number of null points left out (0 = none)', 0)):  # counts
         v = HYP[key]
         if isinstance(v, bool) or not (isinstance(v, int) and v >= least):
             raise ValueError(f"HYP['{key}'] is {v!r}; it is {what}, an int >= {least}")
@@ -1187,13 +1189,13 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     runs, (finals, per_contrast, p, p_patch, test, judged) = results[middle][0], decided[middle]
     p_release, p_margin = p, None
     if per_margin is not None:
-        p, p_margin, decides = combine(p_release, per_margin, finals)
+        p, p_margin, decides = combine(p_release, per_margin, finals, _margin_trim(plan_c))
         if decides:
             test, judged = 'margin', per_margin
     raw, far, cores = runs[0]
     stats, dense = finals[0], finals[1] if len(finals) > 1 else None
     target = int(np.argmax(judged))
-    loc, scale = null_fit(judged, HYP['confirm_trim'] if test == 'margin' else 0) if num_classes > 2 else (judged[0], 0.0)
+    loc, scale = null_fit(judged, _margin_trim(plan_c) if test == 'margin' else 0) if num_classes > 2 else (judged[0], 0.0)
     return {
         'verdict': 0 if p < P_THRESHOLD else 1,  # 0 backdoored, 1 clean
         'p_value': p,
@@ -1347,12 +1349,21 @@ def quantile_margins(m, q):
     return best, at
 
 
-def combine(p_release, per_margin, finals):
+def _margin_trim(plan):
+    """How many of the other classes' smallest statistics the margin test's null leaves out, given its
+    plan (images, steps): HYP['confirm_trim_largest'] where it reads each class's largest margin (fewer
+    than HYP['confirm_quantile_min'] images), else HYP['confirm_trim']."""
+    largest = plan is not None and plan[0] < HYP['confirm_quantile_min']
+    return HYP['confirm_trim_largest'] if largest else HYP['confirm_trim']
+
+
+def combine(p_release, per_margin, finals, trim=None):
     """(p-value, p_margin, whether the margin test decides) from the release's p-value, the margin test's
     per-class statistics and the release passes' final statistics, by HYP['combine']: 'both', an
     intersection-union test, max(p, p_margin); 'either', alternatives, 1 - (1 - min(p, p_margin))^2
-    (Sidak); 'agree', the same, with p_margin counted only where a pass leads with its class."""
-    p_margin = max_p_value(per_margin, trim=HYP['confirm_trim'])
+    (Sidak); 'agree', the same, with p_margin counted only where a pass leads with its class. `trim`:
+    the margin null's (_margin_trim; None: HYP['confirm_trim'])."""
+    p_margin = max_p_value(per_margin, trim=HYP['confirm_trim'] if trim is None else trim)
     if HYP['combine'] == 'both':
         return max(p_release, p_margin), p_margin, False
     agrees = HYP['combine'] == 'either' or int(np.argmax(per_margin)) in {int(np.argmax(f)) for f in finals}

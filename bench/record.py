@@ -95,13 +95,15 @@ REDUCE = {
 
 
 # The settings rescoring applies itself (solution._decide and the factors); any other needs a new recording.
-RESCORABLE = ('core', 'landing', 'log', 'contrast_power', 'contrast_cap', 'null', 'scale_floor', 'spike', 'confirm_trim', 'contrast_own')
+RESCORABLE = ('core', 'landing', 'log', 'contrast_power', 'contrast_cap', 'null', 'scale_floor', 'spike', 'confirm_trim',
+              'confirm_trim_largest', 'contrast_own')
 
 
 # Settings whose default is no longer off: a record taken before they existed ran without them.
 ADDED_OFF = {'exclude_own': False, 'own_floor': False, 'scale_floor': 0.0, 'combine': 'both',  # 'both': the confirming test before the choice
              'contrast_cap': False, 'confirm_quantile': 1.0,  # 1.0: the margin test's largest margin
-             'confirm_quantile_min': 0, 'confirm_trim': 0, 'contrast_own': 0.0}
+             'confirm_quantile_min': 0, 'confirm_trim': 0, 'confirm_trim_largest': 0,
+             'contrast_own': 0.0}
 
 
 def _apply(settings, hyp):
@@ -151,7 +153,7 @@ def rescore(rec, reduce='recorded', sets=()):
         p, judged, finals = decided[solution.median_draw([t[0] for t in decided])]  # as evidence()
         margins = rec['evidence'].get('per_class_margin')
         if margins is not None:  # the margin test's statistics as recorded, combined as the call combined them
-            p, _, decides = solution.combine(p, margins, finals)
+            p, _, decides = solution.combine(p, margins, finals, solution._margin_trim(rec['evidence'].get('confirm_plan')))
             judged = margins if decides else judged
     return p, max(range(k), key=lambda i: judged[i]), finals
 

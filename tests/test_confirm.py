@@ -182,16 +182,24 @@ def test_confirm_is_an_intersection_union_and_leaves_the_release_alone(toy_model
     assert on['verdict'] == (0 if on['p_value'] < solution.P_THRESHOLD else 1)
 
 
-def test_confirm_trim_fits_the_margin_null_without_the_smallest_others(toy_model, image_folder, fast, monkeypatch):
-    """HYP['confirm_trim'] reaches the margin test's null only: its p-value, and the null evidence reports
-    where the margin test decides; the release's own p-value is the same."""
+@pytest.mark.parametrize('quantile_min, acting, idle', [(0, 'confirm_trim', 'confirm_trim_largest'),
+                                                        (8, 'confirm_trim_largest', 'confirm_trim')])
+def test_the_margin_trims_fit_its_null_without_the_smallest_others(toy_model, image_folder, fast, monkeypatch,
+                                                                   quantile_min, acting, idle):
+    """HYP['confirm_trim'] reaches the margin test's null where it reads a quantile, HYP['confirm_trim_largest']
+    where it reads the largest margin (the toy's plan of 6 images under confirm_quantile_min 8): its
+    p-value, and the null evidence reports where the margin test decides; the release's p is the same."""
     monkeypatch.setitem(solution.HYP, 'confirm_steps', 16)
+    monkeypatch.setitem(solution.HYP, 'confirm_quantile_min', quantile_min)
     margins = [-6.0, -5.0, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 3.0]  # two classes far below the rest
     monkeypatch.setattr(solution, '_margin_search', lambda *a, **k: (list(margins), [torch.zeros(10, 4)]))
-    monkeypatch.setitem(solution.HYP, 'confirm_trim', 0)
+    monkeypatch.setitem(solution.HYP, acting, 0)
+    monkeypatch.setitem(solution.HYP, idle, 2)  # the other regime's trim: no effect here
     plain = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
-    monkeypatch.setitem(solution.HYP, 'confirm_trim', 2)
+    monkeypatch.setitem(solution.HYP, acting, 2)
+    monkeypatch.setitem(solution.HYP, idle, 0)
     trimmed = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert plain['confirm_plan'][0] == 6
     assert plain['p_margin'] == solution.max_p_value(margins) > 0.5
     assert trimmed['p_margin'] == solution.max_p_value(margins, trim=2) < 0.01
     assert trimmed['p_release'] == plain['p_release'] and trimmed['judged'] == 'margin' and trimmed['target'] == 9

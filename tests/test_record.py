@@ -219,20 +219,25 @@ def test_the_scale_floor_rescores_and_a_record_from_before_it_rescores_without_i
     assert math.isclose(record.rescore(rec)[0], p, rel_tol=1e-5, abs_tol=1e-12)
 
 
-def test_the_margin_null_trim_rescores_and_a_record_from_before_it_rescores_without_it(rec, monkeypatch):
-    """confirm_trim acts on the margin test's recorded statistics, so a record rescores under it."""
+@pytest.mark.parametrize('images, key', [(8, 'confirm_trim'), (4, 'confirm_trim_largest')])
+def test_the_margin_null_trim_rescores_and_a_record_from_before_it_rescores_without_it(rec, monkeypatch, images, key):
+    """The margin null's trims act on the margin test's recorded statistics, so a record rescores under
+    them: confirm_trim where its recorded plan read a quantile (8 images), confirm_trim_largest where it
+    read the largest margin (4 images, under confirm_quantile_min 8)."""
     margins = [-6.0, -5.0, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 3.0]
-    rec['evidence']['per_class_margin'] = margins
-    rec['hyp']['confirm_trim'] = 0  # as if recorded without it
+    rec['evidence'].update(per_class_margin=margins, confirm_plan=(images, 100))
+    rec['hyp'].update(confirm_trim=0, confirm_trim_largest=0, confirm_quantile_min=8)  # as if recorded without them
     plain, target, finals = record.rescore(rec)
-    trimmed = record.rescore(rec, sets=('confirm_trim=2',))[0]
-    monkeypatch.setitem(solution.HYP, 'confirm_trim', 0)  # combine() reads the setting in force
+    trimmed = record.rescore(rec, sets=(f'{key}=2',))[0]
+    other = 'confirm_trim_largest' if key == 'confirm_trim' else 'confirm_trim'
+    assert record.rescore(rec, sets=(f'{other}=2',))[0] == pytest.approx(plain, rel=1e-9)  # the other regime's
+    monkeypatch.setitem(solution.HYP, key, 0)  # combine() reads the setting in force
     expect = solution.combine(record.rescore(dict(rec, evidence=dict(rec['evidence'], per_class_margin=None)))[0],
                               margins, finals)[0]
     assert plain == pytest.approx(expect, rel=1e-9)
     assert trimmed < 0.02 < plain  # the two classes far below no longer hide class 9
-    del rec['hyp']['confirm_trim']
-    monkeypatch.setitem(solution.HYP, 'confirm_trim', 2)
+    del rec['hyp'][key]
+    monkeypatch.setitem(solution.HYP, key, 2)
     assert record.rescore(rec)[0] == pytest.approx(plain, rel=1e-9)
 
 
