@@ -120,11 +120,12 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        capped by the dense standing), read at the end of the warm-up (HYP['confirm_read'] = 0.1: ten steps,
        each coordinate moved by at most the warm-up's step sizes, about 0.45), judged by step 4's null.
        Off by default, HYP['confirm_trim'] fits that null without the other classes' smallest
-       statistics (null_fit: MNIST's 1 sits 4-5 logits below the rest, sets the loc and widens the
-       scale; above its third smallest value an exponential sample is still exponential with the same
-       scale). At 2 it finds more backdoors and flags more clean models, an FGSM-trained CIFAR-10 one and
-       MNIST's natural 8 among them (RESULTS.md, The margin test's null without its two smallest
-       statistics: adopted on 14 fresh models, taken out on 14 more).
+       statistics where the test reads the quantile, HYP['confirm_trim_largest'] where it reads the
+       largest margin (_margin_trim; null_fit: MNIST's 1 sits 4-5 logits below the rest, sets the loc
+       and widens the scale; above its third smallest value an exponential sample is still exponential
+       with the same scale). At 2 the first finds more backdoors and flags more clean models, an
+       FGSM-trained CIFAR-10 one and MNIST's natural 8 among them; the second tied on 12 fresh models of
+       43-200 classes (RESULTS.md).
        Read at the seed's 100 steps, MNIST's 8 is reached as far as a trigger's target on clean models
        (RESULTS.md, The margin test as an alternative); read early, a shortcut the model learned stands out
        and a naturally easy class does not yet, and a class's own images, which start ahead, are left out
