@@ -104,7 +104,7 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        1 - (1 - min(p_patch, p_contrast))^2 < P_THRESHOLD (Sidak's correction for taking the smaller
        of two p-values), the file's one tuned constant. Off by default, HYP['contrast_own'] counts the
        contrast only where its top class's clean images are held with a small share of the classes'
-       mean margin (_own_gate: SIG's target), never MNIST's natural 8.
+       mean margin (_own_gate: SIG's target; MNIST's natural 8 is held as firmly as the rest).
     6. Off by default, HYP['spike'] adds a third test: per class, spike() asks how far its patch
        direction drives some penultimate unit beyond the folder's clean images (the largest z over
        the units of where it lands them). A trigger is a feature of its own and often has units of

@@ -22,9 +22,9 @@ picks that from the record's settings and draw. With --json the rows are written
 format, for bench.compare. --set changes a setting that acts after the margins (RESCORABLE: the
 factors' exponents, the log, the null and its scale floor, the spike test, the contrast's gate); one
 recording with the core factor on and the refinement off holds the cut margins, so it rescores at any
-exponent, 0 included (with the refinement on, no cut is scored: the factor is 1 at any exponent; a call that ran
-without the cut, evidence 'core_power' 0, rescores at 0 only). Settings that change more (steps,
-images, area, ...) need a new recording: pass them with --set when recording.
+exponent, 0 included (with the refinement on, no cut is scored: the factor is 1 at any exponent; a
+call that ran without the cut, evidence 'core_power' 0, rescores at 0 only). Settings that change
+more (steps, images, area, ...) need a new recording: pass them with --set when recording.
 """
 import argparse
 import contextlib
