@@ -187,7 +187,8 @@ _SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 # fitted without the other classes' two smallest statistics; 1120-1122 and 1130-1131: held-out checks,
 # the trim scored beside the release, at 10 and at 43-200 classes; 1140-1142: the contrast counted only
 # where its top class's clean images are held with a small share of the mean own margin; 1150-1151: the
-# margin null's trim only where that test reads each class's largest margin (43-200 classes).
+# margin null's trim only where that test reads each class's largest margin (43-200 classes); 1160-1162:
+# the contrast's gate again, with more clean MNIST models.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -292,6 +293,11 @@ GATE_MODELS = (
     ('tiny32', 'blended', 1151, {}), ('tiny32', 'badnets', 1150, {}), ('gtsrb', None, 1150, {}),
     ('tiny32', None, 1151, {}), ('synthetic', 'blended', 1151, _SYN100), ('synthetic', 'badnets', 1150, _SYN100),
     ('synthetic', None, 1150, _SYN100), ('synthetic', 'blended', 1150, _SYN200), ('synthetic', None, 1151, _SYN200),
+    # seeds 1160-1162: the contrast's gate by the own margin again, with more clean MNIST models
+    ('mnist', None, 1162, dict(adv='fgsm')), ('cifar10', None, 1161, dict(adv='fgsm')), ('mnist', 'trojannn', 1161, {}),
+    ('cifar10', 'sig', 1162, {}), ('cifar10', 'blended', 1160, {}), ('cifar10', 'badnets', 1161, {}),
+    ('cifar10', None, 1160, {}), ('mnist', 'sig', 1160, {}), ('mnist', 'badnets', 1162, dict(params=dict(patch=5))),
+    ('mnist', None, 1160, {}), ('mnist', None, 1161, {}), ('mnist', None, 1161, dict(augment=False)),
 )
 
 
