@@ -102,9 +102,11 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        patch could not reach, with a dense standing below the mean (RESULTS.md, The contrast capped
        by the dense standing). Both sets go through step 4, and the model is backdoored iff
        1 - (1 - min(p_patch, p_contrast))^2 < P_THRESHOLD (Sidak's correction for taking the smaller
-       of two p-values), the file's one tuned constant. Off by default, HYP['contrast_own'] counts the
-       contrast only where its top class's clean images are held with a small share of the classes'
-       mean margin (_own_gate: SIG's target; MNIST's natural 8 is held as firmly as the rest).
+       of two p-values), the file's one tuned constant. HYP['contrast_own'] (0.15) counts the contrast
+       only where its top class's clean images are held with at most that share of the classes' mean
+       margin (_own_gate: SIG's target, taught through the trigger; MNIST's natural 8 is held as
+       firmly as the rest). Elsewhere the contrast still ran, and the correction stays over two tests
+       (RESULTS.md, The contrast counted only where its top class is held weakly: adopted).
     6. Off by default, HYP['spike'] adds a third test: per class, spike() asks how far its patch
        direction drives some penultimate unit beyond the folder's clean images (the largest z over
        the units of where it lands them). A trigger is a feature of its own and often has units of
@@ -245,7 +247,7 @@ HYP = {
     'contrast': True,        # a second, dense pass (area 0), and contrast() of the two tested too (_contrasted: needs an area, 'transfer')
     'contrast_power': 2.0,   # contrast: q in D~ / (P~ + 1) ** q; the larger, the more a class that is easy with a patch too is discounted
     'contrast_cap': True,    # contrast: times min(1, S~) too, S~ the dense statistic before the log over its mean: a class below the mean dense standing is discounted (a trigger's target is reached densely at least as well as the average class)
-    'contrast_own': 0.0,     # contrast: counted only where its top class's clean images hold at most this share of the classes' mean own margin (_own_gate; 0 = always counted)
+    'contrast_own': 0.15,    # contrast: counted only where its top class's clean images hold at most this share of the classes' mean own margin (_own_gate; 0 = always counted)
     'contrast_plan': 30,     # contrast: only when each pass's plan has at least this many images x steps per class (2 x 15, the least RESULTS.md measured), else the patch pass alone
     'lr': 0.1,               # peak AdamW learning rate on the activation
     'lr_final': 0.001,       # cosine decay ends here
