@@ -1111,11 +1111,11 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             h_all = split.features(x.to(device))  # (N, C, H, W)
         transfer = HYP['statistic'] == 'transfer'  # the factors below scale the transfer statistic only
         lands = transfer and HYP['landing'] > 0
-        wants_feats = (lands or transfer and (HYP['own_norm'] or HYP['own_floor'] or HYP['spike'] or HYP['contrast_own'])
+        wants_own = HYP['own_norm'] or HYP['own_floor'] or HYP['contrast_own']
+        wants_feats = (lands or transfer and (wants_own or HYP['spike'])
                        or HYP['confirm'] and HYP['confirm_landing'] > 0) and not data_free
         feats, y = _clean_features(split, h_all, labels, num_classes) if wants_feats else (None, None)
-        own = (own_margins(split, feats, y, num_classes) if HYP['own_norm'] or HYP['own_floor'] or HYP['contrast_own']
-               else [0.0] * num_classes)
+        own = own_margins(split, feats, y, num_classes) if wants_own else [0.0] * num_classes
         if HYP['init'] == 'noise':  # start from uniform noise over that range instead of the images
             x = lo + (hi - lo) * torch.rand(x.shape, generator=gen)
             with torch.no_grad():
@@ -1192,7 +1192,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     runs, (finals, per_contrast, p, p_patch, test, judged) = results[middle][0], decided[middle]
     p_release, p_margin = p, None
     if per_margin is not None:
-        p, p_margin, decides = combine(p_release, per_margin, finals, _margin_trim(plan_c))
+        p, p_margin, decides = combine(p_release, per_margin, finals, plan_c)
         if decides:
             test, judged = 'margin', per_margin
     raw, far, cores = runs[0]
@@ -1356,17 +1356,17 @@ def _margin_trim(plan):
     """How many of the other classes' smallest statistics the margin test's null leaves out, given its
     plan (images, steps): HYP['confirm_trim_largest'] where it reads each class's largest margin (fewer
     than HYP['confirm_quantile_min'] images), else HYP['confirm_trim']."""
-    largest = plan is not None and plan[0] < HYP['confirm_quantile_min']
+    largest = plan is not None and plan[0] < HYP['confirm_quantile_min']  # None (no plan given): the quantile's
     return HYP['confirm_trim_largest'] if largest else HYP['confirm_trim']
 
 
-def combine(p_release, per_margin, finals, trim=None):
+def combine(p_release, per_margin, finals, plan=None):
     """(p-value, p_margin, whether the margin test decides) from the release's p-value, the margin test's
     per-class statistics and the release passes' final statistics, by HYP['combine']: 'both', an
     intersection-union test, max(p, p_margin); 'either', alternatives, 1 - (1 - min(p, p_margin))^2
-    (Sidak); 'agree', the same, with p_margin counted only where a pass leads with its class. `trim`:
-    the margin null's (_margin_trim; None: HYP['confirm_trim'])."""
-    p_margin = max_p_value(per_margin, trim=HYP['confirm_trim'] if trim is None else trim)
+    (Sidak); 'agree', the same, with p_margin counted only where a pass leads with its class. `plan`:
+    the margin test's (images, steps), which sets its null's trim (_margin_trim)."""
+    p_margin = max_p_value(per_margin, trim=_margin_trim(plan))
     if HYP['combine'] == 'both':
         return max(p_release, p_margin), p_margin, False
     agrees = HYP['combine'] == 'either' or int(np.argmax(per_margin)) in {int(np.argmax(f)) for f in finals}

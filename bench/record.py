@@ -153,7 +153,7 @@ def rescore(rec, reduce='recorded', sets=()):
         p, judged, finals = decided[solution.median_draw([t[0] for t in decided])]  # as evidence()
         margins = rec['evidence'].get('per_class_margin')
         if margins is not None:  # the margin test's statistics as recorded, combined as the call combined them
-            p, _, decides = solution.combine(p, margins, finals, solution._margin_trim(rec['evidence'].get('confirm_plan')))
+            p, _, decides = solution.combine(p, margins, finals, rec['evidence'].get('confirm_plan'))
             judged = margins if decides else judged
     return p, max(range(k), key=lambda i: judged[i]), finals
 
