@@ -189,7 +189,8 @@ _SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 # where its top class's clean images are held with a small share of the mean own margin; 1150-1151: the
 # margin null's trim only where that test reads each class's largest margin (43-200 classes); 1160-1162:
 # the contrast's gate again, with more clean MNIST models; 1170-1172: a held-out batch weighted to the
-# attacks missed most at 10 classes (Blended, MNIST TrojanNN and BadNets) beside the clean traps.
+# attacks missed most at 10 classes (Blended, MNIST TrojanNN and BadNets) beside the clean traps;
+# 1180-1182: held out with it, weighted to 10-class models where the margin test decides.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -305,6 +306,11 @@ GATE_MODELS = (
     ('mnist', 'sig', 1172, {}), ('cifar10', None, 1170, {}), ('cifar10', None, 1172, dict(adv='fgsm')),
     ('mnist', None, 1172, {}), ('mnist', None, 1170, dict(adv='fgsm')), ('mnist', None, 1171, dict(augment=False)),
     ('cifar10', None, 1172, dict(label_smoothing=0.1)),
+    # seeds 1180-1182: held out, weighted to 10-class models where the margin test decides
+    ('mnist', 'blended', 1180, {}), ('mnist', 'badnets', 1181, dict(params=dict(patch=5))), ('cifar10', 'wanet', 1180, {}),
+    ('mnist', 'trojannn', 1182, {}), ('mnist', 'blended', 1182, {}), ('cifar10', 'badnets', 1182, dict(params=dict(patch=5))),
+    ('mnist', None, 1180, {}), ('mnist', None, 1181, {}), ('mnist', None, 1182, dict(augment=False)),
+    ('mnist', None, 1181, dict(adv='fgsm')), ('cifar10', None, 1181, {}), ('cifar10', None, 1180, dict(adv='fgsm')),
 )
 
 
