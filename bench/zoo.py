@@ -190,7 +190,8 @@ _SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 # margin null's trim only where that test reads each class's largest margin (43-200 classes); 1160-1162:
 # the contrast's gate again, with more clean MNIST models; 1170-1172: a held-out batch weighted to the
 # attacks missed most at 10 classes (Blended, MNIST TrojanNN and BadNets) beside the clean traps;
-# 1180-1182: held out with it, weighted to 10-class models where the margin test decides.
+# 1180-1182: held out with it, weighted to 10-class models where the margin test decides; 1190-1192:
+# where the patch and margin tests lead with the same class, their Fisher combination as one more test.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -311,6 +312,11 @@ GATE_MODELS = (
     ('mnist', 'trojannn', 1182, {}), ('mnist', 'blended', 1182, {}), ('cifar10', 'badnets', 1182, dict(params=dict(patch=5))),
     ('mnist', None, 1180, {}), ('mnist', None, 1181, {}), ('mnist', None, 1182, dict(augment=False)),
     ('mnist', None, 1181, dict(adv='fgsm')), ('cifar10', None, 1181, {}), ('cifar10', None, 1180, dict(adv='fgsm')),
+    # seeds 1190-1192: the patch and margin tests' agreement, Fisher-combined, at 10 classes
+    ('mnist', 'trojannn', 1190, {}), ('cifar10', 'trojannn', 1190, {}), ('mnist', 'badnets', 1192, dict(params=dict(patch=5))),
+    ('cifar10', 'badnets', 1191, {}), ('mnist', 'blended', 1191, {}), ('cifar10', 'blended', 1192, {}),
+    ('mnist', None, 1190, {}), ('mnist', None, 1191, dict(augment=False)), ('mnist', None, 1192, dict(adv='fgsm')),
+    ('cifar10', None, 1191, {}), ('cifar10', None, 1190, dict(adv='fgsm')), ('cifar10', None, 1192, {}),
 )
 
 
