@@ -191,7 +191,8 @@ _SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 # the contrast's gate again, with more clean MNIST models; 1170-1172: a held-out batch weighted to the
 # attacks missed most at 10 classes (Blended, MNIST TrojanNN and BadNets) beside the clean traps;
 # 1180-1182: held out with it, weighted to 10-class models where the margin test decides; 1190-1192:
-# where the patch and margin tests lead with the same class, their Fisher combination as one more test.
+# where the patch and margin tests lead with the same class, their Fisher combination as one more test;
+# 1200-1202: held out again for that combination, weighted to Blended and TrojanNN on MNIST.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -317,6 +318,11 @@ GATE_MODELS = (
     ('cifar10', 'badnets', 1191, {}), ('mnist', 'blended', 1191, {}), ('cifar10', 'blended', 1192, {}),
     ('mnist', None, 1190, {}), ('mnist', None, 1191, dict(augment=False)), ('mnist', None, 1192, dict(adv='fgsm')),
     ('cifar10', None, 1191, {}), ('cifar10', None, 1190, dict(adv='fgsm')), ('cifar10', None, 1192, {}),
+    # seeds 1200-1202: held out for the agreement again, weighted to Blended and TrojanNN on MNIST
+    ('mnist', 'blended', 1200, {}), ('mnist', 'blended', 1202, {}), ('cifar10', 'blended', 1201, {}),
+    ('mnist', 'trojannn', 1201, {}), ('mnist', 'trojannn', 1202, {}), ('cifar10', 'badnets', 1200, dict(params=dict(patch=5))),
+    ('mnist', None, 1200, {}), ('mnist', None, 1202, {}), ('mnist', None, 1201, dict(augment=False)),
+    ('mnist', None, 1200, dict(adv='fgsm')), ('cifar10', None, 1202, {}), ('cifar10', None, 1201, dict(adv='fgsm')),
 )
 
 
