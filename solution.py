@@ -134,7 +134,9 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        (HYP['confirm_others']). With HYP['combine'] 'either' (the default) the two tests are alternatives,
        p = 1 - (1 - min(p, p_margin))^2 (Sidak); 'both' needs both (p = max(p, p_margin), an
        intersection-union test); 'agree' counts p_margin only where its top class is the patch or the dense
-       pass's.
+       pass's; 'fisher' is 'either', and where the patch pass leads with the margin test's top class, one
+       more alternative, Fisher's combination of the two tests' p-values, F(t) = t (1 - ln t) at
+       t = p_patch p_margin (fisher_two; min of it and the rest, the agreement itself the discount).
        HYP['confirm_landing'] q > 0 scores each class by softplus(its statistic) times landing() ** q
        of the image nearest it (it did not discount MNIST's 8). Warp triggers (WaNet) move every pixel
        a little: per-image activations reach them where the release's shared direction often does not.
@@ -230,7 +232,7 @@ HYP = {
     'landing': 1.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction lands from its clean images
     'spike': False,          # transfer: a third test, spike(): how far each class's patch direction drives some penultimate unit beyond the clean images
     'confirm': 0.2,          # share of the planned time for a second test, the seed's largest margin (_margin_search) (0 = off)
-    'combine': 'either',     # confirm: 'both' p-values below P_THRESHOLD, or 'either' (Sidak over two), or 'agree' (either, the margin test only where a release pass's top class is its own)
+    'combine': 'either',     # confirm: 'both' p-values below P_THRESHOLD, or 'either' (Sidak over two), or 'agree' (either, the margin test only where a release pass's top class is its own), or 'fisher' (either, and where the patch pass leads with the margin test's class, Fisher's combination of their p-values too)
     'confirm_landing': 0.0,  # confirm: each class's statistic is softplus(its largest margin) * landing() ** this of the image that reached it (0 = the raw margin)
     'confirm_steps': 100,    # confirm: its schedule's sign steps per class (the seed's 100; read at the end, the plan may take fewer)
     'confirm_others': True,  # confirm: each class's largest margin over the other classes' images only (False: every image, as the seed)
@@ -262,7 +264,7 @@ HYP = {
 CHOICES = {'mode': ('free', 'universal'), 'init': ('images', 'noise'), 'reduce': ('max', 'mean'),
            'exclude_own': (False, True, 'sparse'), 'aggregate': ('mean', 'median'), 'statistic': ('transfer', 'margin'), 'own_norm': (True, False), 'own_floor': (False, True, 'sparse'),
            'log': (False, True), 'spike': (False, True), 'contrast': (False, True), 'leave_one_out': (False, True),
-           'window': (False, True), 'null': ('plug-in', 'exact'), 'combine': ('both', 'either', 'agree'),
+           'window': (False, True), 'null': ('plug-in', 'exact'), 'combine': ('both', 'either', 'agree', 'fisher'),
            'confirm_others': (False, True), 'contrast_cap': (False, True)}
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.gif', '.tif', '.tiff', '.webp'}
@@ -1202,7 +1204,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     return {
         'verdict': 0 if p < P_THRESHOLD else 1,  # 0 backdoored, 1 clean
         'p_value': p,
-        'judged': test,                          # the test with the smallest p-value: 'patch' (per_class), 'contrast', 'spike' or 'margin' (combine 'either', 'agree')
+        'judged': test,                          # the test with the smallest p-value: 'patch' (per_class), 'contrast', 'spike' or 'margin' (combine 'either', 'agree', 'fisher')
         'statistic': judged[target],             # that test's largest statistic
         'target': target,                        # the class it belongs to: the suspected backdoor target
         'per_class': stats,                      # the patch test's statistics (steps 1-3, and the core factor)
@@ -1364,14 +1366,30 @@ def combine(p_release, per_margin, finals, plan=None):
     """(p-value, p_margin, whether the margin test decides) from the release's p-value, the margin test's
     per-class statistics and the release passes' final statistics, by HYP['combine']: 'both', an
     intersection-union test, max(p, p_margin); 'either', alternatives, 1 - (1 - min(p, p_margin))^2
-    (Sidak); 'agree', the same, with p_margin counted only where a pass leads with its class. `plan`:
-    the margin test's (images, steps), which sets its null's trim (_margin_trim)."""
+    (Sidak); 'agree', the same, with p_margin counted only where a pass leads with its class; 'fisher',
+    'either', and where the patch pass (finals[0]) leads with the margin test's class, the smaller of that
+    and fisher_two(p_patch, p_margin), where the margin test then decides too. `plan`: the margin test's
+    (images, steps), which sets its null's trim (_margin_trim)."""
     p_margin = max_p_value(per_margin, trim=_margin_trim(plan))
-    if HYP['combine'] == 'both':
+    how = HYP['combine']
+    if how == 'both':
         return max(p_release, p_margin), p_margin, False
-    agrees = HYP['combine'] == 'either' or int(np.argmax(per_margin)) in {int(np.argmax(f)) for f in finals}
+    top = int(np.argmax(per_margin))
+    agrees = how in ('either', 'fisher') or top in {int(np.argmax(f)) for f in finals}
     counted = p_margin if agrees else 1.0
-    return 1 - (1 - min(p_release, counted)) ** 2, p_margin, counted < p_release
+    p = 1 - (1 - min(p_release, counted)) ** 2
+    if how == 'fisher' and top == int(np.argmax(finals[0])):
+        joint = fisher_two(max_p_value(finals[0]), p_margin)
+        if joint < p:
+            return joint, p_margin, True
+    return p, p_margin, counted < p_release
+
+
+def fisher_two(p1, p2):
+    """Fisher's combination of two independent p-values: P(U1 U2 <= t) = t (1 - ln t) at t = p1 p2 (the
+    product of two uniforms; -2 ln t is chi-squared with 4 degrees of freedom)."""
+    t = p1 * p2
+    return 1.0 if t >= 1 else 0.0 if t <= 0 else t * (1 - math.log(t))
 
 
 def _own_gate(per_contrast, own):

@@ -1,6 +1,6 @@
 """The second test (HYP['confirm']): the seed's largest margin at layer1[0], and how it enters the verdict:
 both p-values below the threshold (HYP['combine'] 'both'), or either ('either'), or either where the classes agree
-('agree'); HYP['confirm_landing'] discounts its classes as the release's landing factor does."""
+('agree'), or either and their Fisher combination where the patch pass agrees ('fisher'); HYP['confirm_landing'] discounts its classes as the release's landing factor does."""
 import math
 
 import pytest
@@ -248,6 +248,37 @@ def test_agree_takes_the_margin_test_only_where_a_release_pass_shares_its_top_cl
         e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
         assert e['p_value'] == pytest.approx(1 - (1 - e['p_margin']) ** 2) and e['target'] == spike
 
+
+
+def test_fisher_two_is_the_law_of_two_uniforms_product():
+    """P(U1 U2 <= t) = t (1 - ln t): checked against 200 000 products of uniform pairs, and its edges."""
+    u = torch.rand(2, 200_000, generator=torch.Generator().manual_seed(3), dtype=torch.float64).prod(0)
+    for t in (0.001, 0.01, 0.05, 0.3):
+        assert solution.fisher_two(t, 1.0) == pytest.approx((u <= t).double().mean().item(), abs=0.003)
+    assert solution.fisher_two(0.2, 0.3) == solution.fisher_two(0.3, 0.2) > 0.2 * 0.3
+    assert solution.fisher_two(0.0, 0.5) == 0.0 and solution.fisher_two(1.0, 1.0) == 1.0
+
+
+@pytest.mark.parametrize('agree', [True, False])
+def test_fisher_adds_the_joint_p_only_where_the_patch_pass_leads_with_the_margin_class(monkeypatch, agree):
+    """Two tests each near the threshold at the same class: 'fisher' takes their joint p-value, well
+    below it; at another class the patch pass's lead leaves 'either' as it is."""
+    patch, margins = [0.1 * i for i in range(10)], [0.2 * i for i in range(10)]
+    patch[3 if agree else 4] = 2.5  # p of the patch pass alone near 0.05
+    margins[3] = 5.0  # p of the margin test alone near 0.05
+    p_patch, p_margin = solution.max_p_value(patch), solution.max_p_value(margins)
+    assert 0.02 < p_patch < 0.08 and 0.02 < p_margin < 0.08
+    p_release = 1 - (1 - p_patch) ** 2  # the release's Sidak over its two tests (the contrast flat)
+    monkeypatch.setitem(solution.HYP, 'combine', 'either')
+    either = solution.combine(p_release, margins, [patch, [1.0] * 10])
+    assert either == (1 - (1 - min(p_release, p_margin)) ** 2, p_margin, p_margin < p_release) and either[0] > 0.08
+    monkeypatch.setitem(solution.HYP, 'combine', 'fisher')
+    fisher = solution.combine(p_release, margins, [patch, [1.0] * 10])
+    if agree:
+        t = p_patch * p_margin
+        assert fisher == (pytest.approx(t * (1 - math.log(t))), p_margin, True) and fisher[0] < 0.02
+    else:
+        assert fisher == either
 
 def test_confirm_landing_discounts_a_class_whose_best_image_lands_among_its_own(toy_model, image_folder, fast,
                                                                                  monkeypatch):
