@@ -1,6 +1,7 @@
 """The second test (HYP['confirm']): the seed's largest margin at layer1[0], and how it enters the verdict:
 both p-values below the threshold (HYP['combine'] 'both'), or either ('either'), or either where the classes agree
-('agree'), or either and their Fisher combination where the patch pass agrees ('fisher'); HYP['confirm_landing'] discounts its classes as the release's landing factor does."""
+('agree'), or either and their Fisher combination where the patch pass agrees ('fisher'); HYP['confirm_landing']
+discounts its classes as the release's landing factor does."""
 import math
 
 import pytest
@@ -247,7 +248,6 @@ def test_agree_takes_the_margin_test_only_where_a_release_pass_shares_its_top_cl
         monkeypatch.setitem(solution.HYP, 'combine', 'either')  # plain Sidak: it counts wherever it leads
         e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
         assert e['p_value'] == pytest.approx(1 - (1 - e['p_margin']) ** 2) and e['target'] == spike
-
 
 
 def test_fisher_two_is_the_law_of_two_uniforms_product():
