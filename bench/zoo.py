@@ -193,7 +193,8 @@ _SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 # 1180-1182: held out with it, weighted to 10-class models where the margin test decides; 1190-1192:
 # where the patch and margin tests lead with the same class, their Fisher combination as one more test;
 # 1200-1202: held out again for that combination, weighted to Blended and TrojanNN on MNIST; 1210-1212:
-# again, weighted to where the two tests may lead with one class at moderate p-values, clean models too.
+# again, weighted to where the two tests may lead with one class at moderate p-values, clean models too;
+# 1220-1222: the margin test after conv1 only, read early, as a third alternative (MNIST Blended, clean traps).
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -329,6 +330,11 @@ GATE_MODELS = (
     ('mnist', 'blended', 1212, {}), ('cifar10', 'wanet', 1211, {}), ('cifar10', 'trojannn', 1212, {}),
     ('cifar10', None, 1210, dict(adv='fgsm')), ('cifar10', None, 1212, dict(adv='fgsm')), ('cifar10', None, 1211, {}),
     ('mnist', None, 1211, {}), ('mnist', None, 1210, dict(augment=False)), ('mnist', None, 1212, dict(adv='fgsm')),
+    # seeds 1220-1222: the margin test after conv1 only as a third alternative, and where Sidak over three may lose
+    ('mnist', 'blended', 1220, {}), ('mnist', 'blended', 1221, {}), ('mnist', 'trojannn', 1222, {}),
+    ('cifar10', 'blended', 1220, {}), ('cifar10', 'badnets', 1221, {}), ('cifar10', 'sig', 1222, {}),
+    ('mnist', None, 1220, {}), ('mnist', None, 1221, {}), ('mnist', None, 1222, dict(adv='fgsm')),
+    ('mnist', None, 1220, dict(augment=False)), ('cifar10', None, 1220, {}), ('cifar10', None, 1221, dict(adv='fgsm')),
 )
 
 
