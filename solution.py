@@ -143,6 +143,11 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        On 18 new real models the pair was right on 14 at this CPU's plans and 15 at a GPU's (the
        release alone 9 and 11), with fewer clean models flagged (RESULTS.md, The margin test read at
        the end of its warm-up).
+       Off by default, HYP['early_read'] r > 0 runs the same search a second time on the same images with
+       the free variable after HYP['early_split'] stages (1: conv1 only), read after a share r of its
+       schedule (0.05: five steps), as a third alternative: p = 1 - (1 - min of three)^3 (_margin_tests,
+       combine). Read that early after conv1, a blend's target leads on MNIST, where MNIST's natural 8
+       does not yet (RESULTS.md).
     8. Off by default, HYP['draws'] (1) runs the release on several draws of the folder's images
        instead of one (each up to HYP['images'] a class, class-balanced: the folder's order, then the
        orders drawn from seeds 1, 2, ..., _draw_seeds), both passes each, and takes the median of
@@ -161,8 +166,10 @@ steps, then 2 (_plan). Where half the time would leave each pass a plan of fewer
 HYP['contrast_plan'] images x steps per class (full-width 100-class or 64 px models on a 2-core CPU),
 the patch pass runs alone with all of it, as with the contrast off. With HYP['confirm'], that share
 of the time is planned for the confirming test (_confirm_plan: read early, its 100-step schedule
-kept and fewer images where 30 do not fit; read at the end, steps first as the release) and the
-release's passes plan with the rest; the confirming test runs last, until the deadline. Where the
+kept and fewer images where 30 do not fit; read at the end, steps first as the release; with
+HYP['early_read'] its images are priced at both searches' steps) and the release's passes plan with the
+rest; the confirming test runs last, until the deadline (the early search after it, each with the share of
+that time its steps have). Where the
 release's plan is the ladder's top and a share of its time would still be, HYP['draws'] runs that many
 image draws (step 8), each pass of each draw with an equal share of the release's time. Where even the
 ladder's last rung (2 images x HYP['min_steps'] steps per class) would overshoot with the refinement
@@ -241,6 +248,8 @@ HYP = {
     'confirm_trim': 0,       # confirm: its null is fitted without the other classes' this many smallest statistics, where it reads the quantile (null_fit; 0 = all of them)
     'confirm_trim_largest': 0, # confirm: the same, where it reads each class's largest margin (fewer than confirm_quantile_min images; _margin_trim)
     'confirm_read': 0.1,     # confirm: the share of its step schedule after which the margins are read (1 = the seed's end; 0.1 = the end of the warm-up)
+    'early_read': 0.0,       # confirm: a third test, the margin test again at HYP['early_split'], read after this share of its schedule (0 = off; 0.05: five of 100 steps; _margin_tests)
+    'early_split': 1,        # confirm, early_read: that search's split (stages before its free variable; 1: conv1 only)
     'confirm_min': 2,        # confirm: the fewest images it runs with; where its share fits fewer, it is skipped and the release has the whole time (0: it always runs, on the smallest plan where none fits, cut by the deadline)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
@@ -903,10 +912,11 @@ def _confirm_plan(step_seconds, seconds, num_classes, n_images):
     (or fewer than the folder holds) or none fits."""
     read = HYP['confirm_read']
 
-    def fits(k, steps):  # k images on a `steps`-step schedule, each priced at the steps that run
-        return _rung_seconds(k, _read_steps(steps, read), step_seconds, 0.0) * num_classes <= seconds
-    if read >= 1:
-        n, steps = _plan(step_seconds, seconds, num_classes, n_images, max_steps=HYP['confirm_steps'])
+    def fits(k, steps):  # k images on a `steps`-step schedule, each priced at the steps that run (both searches')
+        return _rung_seconds(k, _read_steps(steps, read) + _early_steps(steps), step_seconds, 0.0) * num_classes <= seconds
+    if read >= 1:  # with HYP['early_read'], each step priced with the early search's share of the schedule
+        more = 1 + _early_steps(HYP['confirm_steps']) / HYP['confirm_steps']
+        n, steps = _plan(step_seconds * more, seconds, num_classes, n_images, max_steps=HYP['confirm_steps'])
     else:
         steps, sizes = HYP['confirm_steps'], _sizes(n_images)
         n = next((k for k in sizes if fits(k, steps)), sizes[-1])
@@ -919,6 +929,11 @@ def _confirm_plan(step_seconds, seconds, num_classes, n_images):
 def _read_steps(steps, read):
     """The steps the margin search runs of its `steps`-step schedule when read after a share `read`."""
     return max(1, round(read * steps))
+
+
+def _early_steps(steps):
+    """The steps the early margin search runs of its `steps`-step schedule (HYP['early_read']; 0 when off)."""
+    return _read_steps(steps, HYP['early_read']) if HYP['early_read'] else 0
 
 
 def _sizes(n_images):
@@ -1085,11 +1100,15 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         r = HYP[key]
         if isinstance(r, bool) or not (isinstance(r, (int, float)) and 0 < r <= 1):
             raise ValueError(f"HYP['{key}'] is {r!r}; it is {what}, a number in (0, 1]")
+    r = HYP['early_read']
+    if isinstance(r, bool) or not (isinstance(r, (int, float)) and 0 <= r <= 1):
+        raise ValueError(f"HYP['early_read'] is {r!r}; it is a share of the step schedule, a number in [0, 1] (0 = off)")
     for key, what, least in (('confirm_steps', 'a number of steps', 1), ('draws', 'a number of image draws', 1),
                              ('confirm_min', 'a number of images (0 = always run)', 0),
                              ('confirm_quantile_min', 'a number of images (0 = always the quantile)', 0),
                              ('confirm_trim', 'a number of null points left out (0 = none)', 0),
-                             ('confirm_trim_largest', 'a number of null points left out (0 = none)', 0)):  # counts
+                             ('confirm_trim_largest', 'a number of null points left out (0 = none)', 0),
+                             ('early_split', 'a number of stages before the free variable', 0)):  # counts
         v = HYP[key]
         if isinstance(v, bool) or not (isinstance(v, int) and v >= least):
             raise ValueError(f"HYP['{key}'] is {v!r}; it is {what}, an int >= {least}")
@@ -1172,39 +1191,35 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
                 if j == 0 and transfer:  # the patch pass
                     spikes = _spikes(landed, feats)
             results.append((runs, spikes))
-        per_margin = None
+        per_margin = per_early = None
         if share:  # the seed's test on its own images: a balanced subset, through conv1 and layer1[0]
-            seed_split = _Split(net, 2)
             chosen_c = _balanced_indices(labels, n_c, HYP['image_seed'])
-            with torch.no_grad():
-                h2 = seed_split.features(x[chosen_c].to(device))  # (n_c, C, H, W)
-            chunk_c = _chunk(num_classes, h2.numel(), device)
-            per_margin, margin_landed = _margin_search(seed_split, h2, num_classes, chunk_c, steps_c, deadline, HYP['confirm_read'],
-                                                       labels[chosen_c].to(device) if HYP['confirm_others'] else None)
+            per_margin, margin_landed, per_early = _margin_tests(net, x[chosen_c].to(device), labels[chosen_c].to(device),
+                                                                 num_classes, steps_c, deadline)
             if HYP['confirm_landing'] > 0:  # discount a class whose best image lands among its own clean ones
                 far = torch.tensor(landing(torch.cat(margin_landed), feats, y, num_classes), dtype=torch.float64)
                 per_margin = (F.softplus(torch.tensor(per_margin, dtype=torch.float64)) * far ** HYP['confirm_landing']).tolist()
     values = [v for runs, spikes in results for run in runs for v in run[0] + run[1] + run[2] + (spikes or [])]
-    if not all(math.isfinite(v) for v in values + own + (per_margin or [])):
+    if not all(math.isfinite(v) for v in values + own + (per_margin or []) + (per_early or [])):
         raise ValueError('the model gives non-finite outputs (NaN or inf) on these images; no test is possible')
     floor = _when('own_floor', len(h0), num_classes)  # every draw holds as many images
     decided = [_decide(runs, own, transfer, spikes, floor) for runs, spikes in results]
     p_draws = [d[2] for d in decided]
     middle = median_draw(p_draws)
     runs, (finals, per_contrast, p, p_patch, test, judged) = results[middle][0], decided[middle]
-    p_release, p_margin = p, None
+    p_release, p_margin, p_early = p, None, None
     if per_margin is not None:
-        p, p_margin, decides = combine(p_release, per_margin, finals, plan_c)
+        p, p_margin, p_early, decides = combine(p_release, per_margin, finals, plan_c, per_early)
         if decides:
-            test, judged = 'margin', per_margin
+            test, judged = decides, per_margin if decides == 'margin' else per_early
     raw, far, cores = runs[0]
     stats, dense = finals[0], finals[1] if len(finals) > 1 else None
     target = int(np.argmax(judged))
-    loc, scale = null_fit(judged, _margin_trim(plan_c) if test == 'margin' else 0) if num_classes > 2 else (judged[0], 0.0)
+    loc, scale = null_fit(judged, _margin_trim(plan_c) if test in ('margin', 'early') else 0) if num_classes > 2 else (judged[0], 0.0)
     return {
         'verdict': 0 if p < P_THRESHOLD else 1,  # 0 backdoored, 1 clean
         'p_value': p,
-        'judged': test,                          # the test with the smallest p-value: 'patch' (per_class), 'contrast', 'spike' or 'margin' (combine 'either', 'agree', 'fisher')
+        'judged': test,                          # the test with the smallest p-value: 'patch' (per_class), 'contrast', 'spike', 'margin' or 'early' (combine 'either', 'agree', 'fisher')
         'statistic': judged[target],             # that test's largest statistic
         'target': target,                        # the class it belongs to: the suspected backdoor target
         'per_class': stats,                      # the patch test's statistics (steps 1-3, and the core factor)
@@ -1220,6 +1235,8 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'p_release': p_release,                  # the p-value of the tests above, before the confirming test
         'p_margin': p_margin,                    # confirm: the confirming test's p-value (None when off or skipped, HYP['confirm_min'])
         'per_class_margin': per_margin,          # confirm: its statistic per class, a quantile of the margins (None when off; confirm_landing: softplus, discounted)
+        'p_early': p_early,                      # early_read: the third test's p-value (None when off or skipped)
+        'per_class_early': per_early,            # early_read: its statistic per class, as per_class_margin's (None when off or skipped)
         'confirm_plan': plan_c,                  # confirm: its images and schedule length per class (confirm_read of the steps run; None when off or skipped)
         'p_draws': p_draws,                      # each image draw's p-value; p_release is their median (one draw: its own)
         'draw': middle,                          # the draw whose statistics the fields above report
@@ -1341,6 +1358,26 @@ def _margin_search(split, h0, num_classes, chunk, steps, end, read=1.0, labels=N
     return stats, landed
 
 
+def _margin_tests(net, x, labels, num_classes, steps, deadline):
+    """The margin test's per-class statistics on images x (n, 3, H, W) with their labels, and where each
+    class's image nearest its statistic lands (_margin_search): through conv1 + layer1[0] (the seed's
+    split), read after HYP['confirm_read'] of a `steps`-step schedule; and with HYP['early_read'] > 0 the
+    same search through HYP['early_split'] stages, read after that share (the third test's statistics,
+    else None). Each has the share of the time until `deadline` that its steps have of both's."""
+    others = labels if HYP['confirm_others'] else None
+    reads = _read_steps(steps, HYP['confirm_read']), _early_steps(steps)
+    searches = [(2, HYP['confirm_read'])] + ([(HYP['early_split'], HYP['early_read'])] if reads[1] else [])
+    t0, out = time.monotonic(), []
+    for (split_at, read), done in zip(searches, (reads[0], sum(reads))):
+        split = _Split(net, split_at)
+        with torch.no_grad():
+            h = split.features(x)  # (n, C, H, W)
+        end = t0 + (deadline - t0) * done / sum(reads)
+        out.append(_margin_search(split, h, num_classes, _chunk(num_classes, h.numel(), x.device), steps, end, read, others))
+    (per_margin, landed), early = out[0], out[1][0] if len(out) > 1 else None
+    return per_margin, landed, early
+
+
 def quantile_margins(m, q):
     """Per row of m (k, n), the margins of n images pushed towards each of k classes (-inf where an image
     is left out): the q-quantile of the row's finite margins (linear interpolation; q = 1, the largest,
@@ -1362,27 +1399,34 @@ def _margin_trim(plan):
     return HYP['confirm_trim_largest'] if largest else HYP['confirm_trim']
 
 
-def combine(p_release, per_margin, finals, plan=None):
-    """(p-value, p_margin, whether the margin test decides) from the release's p-value, the margin test's
+def combine(p_release, per_margin, finals, plan=None, per_early=None):
+    """(p-value, p_margin, p_early, which test decides) from the release's p-value, the margin test's
     per-class statistics and the release passes' final statistics, by HYP['combine']: 'both', an
     intersection-union test, max(p, p_margin); 'either', alternatives, 1 - (1 - min(p, p_margin))^2
     (Sidak); 'agree', the same, with p_margin counted only where a pass leads with its class; 'fisher',
     'either', and where the patch pass (finals[0]) leads with the margin test's class, the smaller of that
-    and fisher_two(p_patch, p_margin), where the margin test then decides too. `plan`: the margin test's
-    (images, steps), which sets its null's trim (_margin_trim)."""
-    p_margin = max_p_value(per_margin, trim=_margin_trim(plan))
+    and fisher_two(p_patch, p_margin), where the margin test then decides too. `per_early` (HYP['early_read'];
+    None when off): the early margin search's statistics, whose p-value p_early is one more alternative
+    (Sidak over three; 'both': max(p, 1 - (1 - min(p_margin, p_early))^2)); p_early is None without them.
+    The test that decides: None (the release's), 'margin' or 'early'. `plan`: the margin tests' (images,
+    steps), which sets their nulls' trim (_margin_trim)."""
+    trim = _margin_trim(plan)
+    p_margin = max_p_value(per_margin, trim=trim)
+    p_early = None if per_early is None else max_p_value(per_early, trim=trim)
+    early, tests = (1.0, 2) if p_early is None else (p_early, 3)
     how = HYP['combine']
     if how == 'both':
-        return max(p_release, p_margin), p_margin, False
+        return max(p_release, 1 - (1 - min(p_margin, early)) ** (tests - 1)), p_margin, p_early, None
     top = int(np.argmax(per_margin))
     agrees = how in ('either', 'fisher') or top in {int(np.argmax(f)) for f in finals}
     counted = p_margin if agrees else 1.0
-    p = 1 - (1 - min(p_release, counted)) ** 2
+    p = 1 - (1 - min(p_release, counted, early)) ** tests
     if how == 'fisher' and top == int(np.argmax(finals[0])):
         joint = fisher_two(max_p_value(finals[0]), p_margin)
         if joint < p:
-            return joint, p_margin, True
-    return p, p_margin, counted < p_release
+            return joint, p_margin, p_early, 'margin'
+    decides = 'early' if early < min(p_release, counted) else 'margin' if counted < p_release else None
+    return p, p_margin, p_early, decides
 
 
 def fisher_two(p1, p2):

@@ -153,8 +153,9 @@ def rescore(rec, reduce='recorded', sets=()):
         p, judged, finals = decided[solution.median_draw([t[0] for t in decided])]  # as evidence()
         margins = rec['evidence'].get('per_class_margin')
         if margins is not None:  # the margin test's statistics as recorded, combined as the call combined them
-            p, _, decides = solution.combine(p, margins, finals, rec['evidence'].get('confirm_plan'))
-            judged = margins if decides else judged
+            early = rec['evidence'].get('per_class_early')
+            p, _, _, decides = solution.combine(p, margins, finals, rec['evidence'].get('confirm_plan'), early)
+            judged = {'margin': margins, 'early': early}.get(decides, judged)
     return p, max(range(k), key=lambda i: judged[i]), finals
 
 

@@ -271,12 +271,13 @@ def test_fisher_adds_the_joint_p_only_where_the_patch_pass_leads_with_the_margin
     p_release = 1 - (1 - p_patch) ** 2  # the release's Sidak over its two tests (the contrast flat)
     monkeypatch.setitem(solution.HYP, 'combine', 'either')
     either = solution.combine(p_release, margins, [patch, [1.0] * 10])
-    assert either == (1 - (1 - min(p_release, p_margin)) ** 2, p_margin, p_margin < p_release) and either[0] > 0.08
+    decides = 'margin' if p_margin < p_release else None
+    assert either == (1 - (1 - min(p_release, p_margin)) ** 2, p_margin, None, decides) and either[0] > 0.08
     monkeypatch.setitem(solution.HYP, 'combine', 'fisher')
     fisher = solution.combine(p_release, margins, [patch, [1.0] * 10])
     if agree:
         t = p_patch * p_margin
-        assert fisher == (pytest.approx(t * (1 - math.log(t))), p_margin, True) and fisher[0] < 0.02
+        assert fisher == (pytest.approx(t * (1 - math.log(t))), p_margin, None, 'margin') and fisher[0] < 0.02
     else:
         assert fisher == either
 
@@ -322,6 +323,68 @@ def test_both_needs_the_margin_test_too(toy_model, image_folder, fast, monkeypat
                                      ('confirm_quantile_min', 8.0), ('confirm_quantile_min', None),
                                      ('confirm_trim', -1), ('confirm_trim', 2.0), ('confirm_trim', True)])
 def test_confirm_settings_are_checked(toy_model, image_folder, monkeypatch, key, bad):
+    monkeypatch.setitem(solution.HYP, key, bad)
+    with pytest.raises(ValueError, match=key):
+        solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+
+
+def test_early_search_runs_after_the_margin_test_at_its_own_split_and_share(toy_model, image_folder, fast, monkeypatch):
+    """HYP['early_read'] runs the margin search a second time, through conv1 only, read after 5 of its 100
+    steps, on the same images: the first search ends at 10/15 of the time left, the early one at the
+    deadline; its p-value is a third alternative (Sidak over three) and decides where it is the least."""
+    ends = _stopped_clock(monkeypatch)
+    monkeypatch.setitem(solution.HYP, 'early_read', 0.05)
+    seen = []
+
+    def search(split, h0, num_classes, chunk, steps, end, read, labels):
+        seen.append(dict(split=len(split.stem), h0=h0, steps=steps, end=end, read=read, labels=labels))
+        far = 2 if len(split.stem) == 1 else 7  # each search's own far-out class
+        return [0.1 * i for i in range(num_classes - 1)][:far] + [50.0] + [0.1] * (num_classes - 1 - far), \
+            [torch.zeros(num_classes, split.linear.in_features)]
+    monkeypatch.setattr(solution, '_margin_search', search)
+    e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert [(s['split'], s['read'], s['steps']) for s in seen] == [(2, 0.1, 100), (1, 0.05, 100)]
+    assert seen[0]['end'] == pytest.approx(1000 + 40 * 10 / 15) and seen[1]['end'] == 1040.0
+    assert seen[1]['h0'].shape[1:] == seen[0]['h0'].shape[1:] and torch.equal(seen[0]['labels'], seen[1]['labels'])
+    assert len(seen[1]['h0']) == len(seen[0]['h0']) == e['confirm_plan'][0]
+    p_early = solution.max_p_value(e['per_class_early'])
+    assert e['p_early'] == p_early and e['per_class_early'][2] == 50.0
+    assert e['p_value'] == pytest.approx(1 - (1 - min(e['p_release'], e['p_margin'], p_early)) ** 3)
+    assert e['judged'] in ('margin', 'early') and e['target'] == {'margin': 7, 'early': 2}[e['judged']]
+    monkeypatch.setitem(solution.HYP, 'early_read', 0.0)  # off: one search, no third p-value
+    seen.clear()
+    off = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert len(seen) == 1 and off['p_early'] is None and off['per_class_early'] is None
+
+
+def test_combine_counts_the_early_search_as_a_third_alternative(monkeypatch):
+    """A far-out class in the early search alone: Sidak over three, the early test decides; 'both' takes the
+    better of the two margin tests, corrected over them; without it combine is as before."""
+    flat, spiked = [0.2 * i for i in range(10)], [0.2 * i for i in range(9)] + [9.0]
+    p_flat, p_spiked = solution.max_p_value(flat), solution.max_p_value(spiked)
+    assert p_spiked < 1e-3 < 0.5 < p_flat
+    monkeypatch.setitem(solution.HYP, 'combine', 'either')
+    assert solution.combine(0.3, flat, [flat], per_early=spiked) == (
+        pytest.approx(1 - (1 - p_spiked) ** 3), p_flat, p_spiked, 'early')
+    assert solution.combine(0.3, flat, [flat])[2:] == (None, None)
+    assert solution.combine(0.3, spiked, [flat], per_early=flat)[3] == 'margin'
+    monkeypatch.setitem(solution.HYP, 'combine', 'both')
+    assert solution.combine(1e-5, flat, [flat], per_early=spiked)[0] == pytest.approx(1 - (1 - p_spiked) ** 2)
+    assert solution.combine(0.3, flat, [flat], per_early=spiked)[0] == 0.3
+    assert solution.combine(1e-5, flat, [flat])[0] == p_flat  # the margin test alone, flat: not confirmed
+
+
+def test_the_margin_plan_prices_the_early_search_too(monkeypatch):
+    """The early search's steps are priced into the margin test's plan: in the same seconds, fewer images."""
+    plain = solution._confirm_plan(1e-3, 1.5, 10, 30)
+    monkeypatch.setitem(solution.HYP, 'early_read', 0.05)
+    early = solution._confirm_plan(1e-3, 1.5, 10, 30)
+    assert plain == (12, 100) and early == (8, 100)  # 10 steps an image: 12 fit 1.5 s; 15 steps: 8
+
+
+@pytest.mark.parametrize('key, bad', [('early_read', -0.1), ('early_read', True), ('early_read', 1.5),
+                                      ('early_split', -1), ('early_split', 1.0)])
+def test_bad_early_settings_are_refused(toy_model, image_folder, monkeypatch, key, bad):
     monkeypatch.setitem(solution.HYP, key, bad)
     with pytest.raises(ValueError, match=key):
         solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
