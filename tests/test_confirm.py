@@ -115,6 +115,7 @@ def test_read_early_the_margin_test_keeps_its_schedule_and_plans_fewer_images(mo
     end, the release's ladder (steps first). (With HYP['confirm_min'] 0; its skip: the next test.)"""
     monkeypatch.setitem(solution.HYP, 'confirm_read', 0.1)
     monkeypatch.setitem(solution.HYP, 'confirm_min', 0)
+    monkeypatch.setitem(solution.HYP, 'early_read', 0.0)  # the first search alone (both: the test after the next)
     assert solution._confirm_plan(1.0, 3000.0, 10, 40) == (30, 100)
     assert solution._confirm_plan(1.0, 2999.0, 10, 40) == (12, 100)
     assert solution._confirm_plan(1.0, 1.0, 10, 40) == (2, 100)
@@ -209,17 +210,18 @@ def test_the_margin_trims_fit_its_null_without_the_smallest_others(toy_model, im
 
 def test_confirm_takes_its_share_of_the_budget_after_the_release(toy_model, image_folder, fast, monkeypatch):
     ends = _stopped_clock(monkeypatch)
-    seen = {}
+    seen = []
 
     def search(split, h0, num_classes, chunk, steps, end, *a):
-        seen.update(split=len(split.stem), n=len(h0), steps=steps, end=end, release_ends=list(ends))
+        seen.append(dict(split=len(split.stem), n=len(h0), steps=steps, end=end, release_ends=list(ends)))
         return [0.0] * num_classes, [torch.zeros(num_classes, split.linear.in_features)]
     monkeypatch.setattr(solution, '_margin_search', search)
     e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
-    assert seen['split'] == 2 and seen['end'] == 1040.0  # conv1 + layer1[0], until the deadline
-    assert max(seen['release_ends']) == pytest.approx(1030.0)  # the release stops at 3/4 of the time
-    assert e['confirm_plan'] == (seen['n'], seen['steps']) == (6, 100)  # a free clock: the top rung (10 of its steps run)
-    assert e['p_margin'] == 1.0 and e['p_value'] == 1 - (1 - e['p_release']) ** 2  # 'either': a flat margin test leaves the release, corrected
+    assert [s['split'] for s in seen] == [2, 1] and seen[-1]['end'] == 1040.0  # conv1 + layer1[0], then conv1 until the deadline
+    assert max(seen[0]['release_ends']) == pytest.approx(1030.0)  # the release stops at 3/4 of the time
+    assert e['confirm_plan'] == (seen[0]['n'], seen[0]['steps']) == (6, 100)  # a free clock: the top rung (10 + 5 of its steps run)
+    assert e['p_margin'] == e['p_early'] == 1.0  # flat margin tests leave the release, corrected over three ('either')
+    assert e['p_value'] == 1 - (1 - e['p_release']) ** 3
 
 
 def _with_margins(monkeypatch, margins_of):
@@ -233,6 +235,7 @@ def test_agree_takes_the_margin_test_only_where_a_release_pass_shares_its_top_cl
                                                                                   monkeypatch, agree):
     monkeypatch.setitem(solution.HYP, 'confirm', 0.5)
     monkeypatch.setitem(solution.HYP, 'combine', 'agree')
+    monkeypatch.setitem(solution.HYP, 'early_read', 0.0)  # the mock's margins would reach the early test too
     release = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)  # its own margin test, to learn the tops
     tops = {max(range(10), key=lambda i: v[i]) for v in (release['per_class'], release['per_class_dense']) if v}
     spike = min(tops) if agree else min(set(range(10)) - tops)
@@ -376,6 +379,7 @@ def test_combine_counts_the_early_search_as_a_third_alternative(monkeypatch):
 
 def test_the_margin_plan_prices_the_early_search_too(monkeypatch):
     """The early search's steps are priced into the margin test's plan: in the same seconds, fewer images."""
+    monkeypatch.setitem(solution.HYP, 'early_read', 0.0)
     plain = solution._confirm_plan(1e-3, 1.5, 10, 30)
     monkeypatch.setitem(solution.HYP, 'early_read', 0.05)
     early = solution._confirm_plan(1e-3, 1.5, 10, 30)

@@ -75,8 +75,9 @@ def test_backdoored_model_is_flagged_at_its_target(verdict):
 
 
 def test_the_margin_test_is_an_alternative_to_the_release(verdict):
-    """The seed's largest-margin test, read at the end of its warm-up (HYP['confirm'] on by default):
-    the verdict is Sidak over the two p-values, so a backdoor the release finds stays flagged."""
-    p = 1 - (1 - min(verdict['p_release'], verdict['p_margin'])) ** 2
+    """The seed's margin test, read at the end of its warm-up, and again after conv1 read after five steps
+    (HYP['confirm'], HYP['early_read'] on by default): the verdict is Sidak over the three p-values, so a
+    backdoor the release finds stays flagged."""
+    p = 1 - (1 - min(verdict['p_release'], verdict['p_margin'], verdict['p_early'])) ** 3
     assert verdict['verdict'] == 0 and verdict['p_value'] == pytest.approx(p, rel=1e-9), verdict
-    assert verdict['confirm_plan'] == (30, 100) and len(verdict['per_class_margin']) == 10
+    assert verdict['confirm_plan'] == (30, 100) and len(verdict['per_class_margin']) == len(verdict['per_class_early']) == 10
