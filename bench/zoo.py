@@ -194,7 +194,8 @@ _SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 # where the patch and margin tests lead with the same class, their Fisher combination as one more test;
 # 1200-1202: held out again for that combination, weighted to Blended and TrojanNN on MNIST; 1210-1212:
 # again, weighted to where the two tests may lead with one class at moderate p-values, clean models too;
-# 1220-1222: the margin test after conv1 only, read early, as a third alternative (MNIST Blended, clean traps).
+# 1220-1222: the margin test after conv1 only, read early, as a third alternative (MNIST Blended, clean traps);
+# 1230-1232: held out after it, weighted to where its third correction lost verdicts, and the margin tests' share.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -335,6 +336,11 @@ GATE_MODELS = (
     ('cifar10', 'blended', 1220, {}), ('cifar10', 'badnets', 1221, {}), ('cifar10', 'sig', 1222, {}),
     ('mnist', None, 1220, {}), ('mnist', None, 1221, {}), ('mnist', None, 1222, dict(adv='fgsm')),
     ('mnist', None, 1220, dict(augment=False)), ('cifar10', None, 1220, {}), ('cifar10', None, 1221, dict(adv='fgsm')),
+    # seeds 1230-1232: held out after the early search, where its correction lost verdicts; the margin tests' share
+    ('mnist', 'blended', 1230, {}), ('mnist', 'sig', 1231, {}), ('cifar10', 'sig', 1230, {}),
+    ('cifar10', 'wanet', 1232, {}), ('mnist', 'badnets', 1231, {}), ('cifar10', 'trojannn', 1231, {}),
+    ('mnist', None, 1230, {}), ('mnist', None, 1232, {}), ('mnist', None, 1231, dict(adv='fgsm')),
+    ('mnist', None, 1231, dict(augment=False)), ('cifar10', None, 1232, {}), ('cifar10', None, 1230, dict(adv='fgsm')),
 )
 
 
