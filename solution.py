@@ -241,7 +241,7 @@ HYP = {
     'landing': 1.0,          # transfer: multiply each class's statistic by landing() to this power (0 = off): how far its direction lands from its clean images
     'spike': False,          # transfer: a third test, spike(): how far each class's patch direction drives some penultimate unit beyond the clean images
     'confirm': 0.2,          # share of the planned time for a second test, the seed's largest margin (_margin_search) (0 = off)
-    'combine': 'either',     # confirm: 'both' p-values below P_THRESHOLD, or 'either' (Sidak over two), or 'agree' (either, the margin test only where a release pass's top class is its own), or 'fisher' (either, and where the patch pass leads with the margin test's class, Fisher's combination of their p-values too)
+    'combine': 'either',     # confirm: 'both' p-values below P_THRESHOLD, or 'either' (Sidak over two; three with early_read), or 'agree' (either, the margin test only where a release pass's top class is its own), or 'fisher' (either, and where the patch pass leads with the margin test's class, Fisher's combination of their p-values too)
     'confirm_landing': 0.0,  # confirm: each class's statistic is softplus(its largest margin) * landing() ** this of the image that reached it (0 = the raw margin)
     'confirm_steps': 100,    # confirm: its schedule's sign steps per class (the seed's 100; read at the end, the plan may take fewer)
     'confirm_others': True,  # confirm: each class's largest margin over the other classes' images only (False: every image, as the seed)
