@@ -1213,7 +1213,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     if per_margin is not None:
         p, p_margin, p_early, decides = combine(p_release, per_margin, finals, plan_c, per_early)
         if decides:
-            test, judged = decides, per_margin if decides == 'margin' else per_early
+            test, judged = decides, {'margin': per_margin, 'early': per_early}[decides]
     raw, far, cores = runs[0]
     stats, dense = finals[0], finals[1] if len(finals) > 1 else None
     target = int(np.argmax(judged))
