@@ -195,7 +195,8 @@ _SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 # 1200-1202: held out again for that combination, weighted to Blended and TrojanNN on MNIST; 1210-1212:
 # again, weighted to where the two tests may lead with one class at moderate p-values, clean models too;
 # 1220-1222: the margin test after conv1 only, read early, as a third alternative (MNIST Blended, clean traps);
-# 1230-1232: held out after it, weighted to where its third correction lost verdicts, and the margin tests' share.
+# 1230-1232: held out after it, weighted to where its third correction lost verdicts, and the margin tests' share;
+# 1240-1242 and 1250-1252: the two margin searches pooled into one statistic, one correction fewer.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -341,6 +342,15 @@ GATE_MODELS = (
     ('cifar10', 'wanet', 1232, {}), ('mnist', 'badnets', 1231, {}), ('cifar10', 'trojannn', 1231, {}),
     ('mnist', None, 1230, {}), ('mnist', None, 1232, {}), ('mnist', None, 1231, dict(adv='fgsm')),
     ('mnist', None, 1231, dict(augment=False)), ('cifar10', None, 1232, {}), ('cifar10', None, 1230, dict(adv='fgsm')),
+    # seeds 1240-1242 and 1250-1252: the margin and early searches pooled into one statistic (MNIST TrojanNN, near-threshold finds)
+    ('mnist', 'trojannn', 1240, {}), ('mnist', 'trojannn', 1241, {}), ('mnist', 'blended', 1240, {}),
+    ('mnist', 'badnets', 1241, {}), ('mnist', 'sig', 1242, {}), ('cifar10', 'blended', 1242, {}), ('cifar10', 'sig', 1241, {}),
+    ('mnist', None, 1240, {}), ('mnist', None, 1241, dict(adv='fgsm')), ('mnist', None, 1242, dict(augment=False)),
+    ('cifar10', None, 1240, {}), ('cifar10', None, 1241, dict(adv='fgsm')),
+    ('mnist', 'trojannn', 1250, {}), ('mnist', 'blended', 1251, {}), ('mnist', 'badnets', 1252, dict(params=dict(patch=5))),
+    ('cifar10', 'trojannn', 1250, {}), ('cifar10', 'badnets', 1251, {}),
+    ('mnist', None, 1250, {}), ('mnist', None, 1251, dict(adv='fgsm')), ('mnist', None, 1252, {}),
+    ('cifar10', None, 1252, {}), ('cifar10', None, 1250, dict(label_smoothing=0.1)),
 )
 
 
