@@ -252,6 +252,7 @@ HYP = {
     'confirm_read': 0.1,     # confirm: the share of its step schedule after which the margins are read (1 = the seed's end; 0.1 = the end of the warm-up)
     'early_read': 0.05,      # confirm: a third test, the margin test again at HYP['early_split'], read after this share of its schedule (0.05: five of 100 steps; 0 = off; _margin_tests)
     'early_split': 1,        # confirm, early_read: that search's split (stages before its free variable; 1: conv1 only)
+    'early_pool': False,     # confirm, early_read: the two margin searches as one test, their standardised statistics summed per class (pooled_margins), one correction fewer
     'confirm_min': 2,        # confirm: the fewest images it runs with; where its share fits fewer, it is skipped and the release has the whole time (0: it always runs, on the smallest plan where none fits, cut by the deadline)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
@@ -276,7 +277,7 @@ CHOICES = {'mode': ('free', 'universal'), 'init': ('images', 'noise'), 'reduce':
            'exclude_own': (False, True, 'sparse'), 'aggregate': ('mean', 'median'), 'statistic': ('transfer', 'margin'), 'own_norm': (True, False), 'own_floor': (False, True, 'sparse'),
            'log': (False, True), 'spike': (False, True), 'contrast': (False, True), 'leave_one_out': (False, True),
            'window': (False, True), 'null': ('plug-in', 'exact'), 'combine': ('both', 'either', 'agree', 'fisher'),
-           'confirm_others': (False, True), 'contrast_cap': (False, True)}
+           'confirm_others': (False, True), 'contrast_cap': (False, True), 'early_pool': (False, True)}
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.gif', '.tif', '.tiff', '.webp'}
 
@@ -1040,6 +1041,11 @@ def null_fit(stats, trim=0):
     return exponential_fit(others[_trimmed(len(s), trim):])
 
 
+def _floored(loc, scale):
+    """(loc, scale) with the scale kept above zero and at least HYP['scale_floor']."""
+    return loc, max(scale, 1e-12 * max(1.0, abs(loc)), HYP['scale_floor'])
+
+
 def max_p_value(stats, null=None, trim=0):
     """p of the largest of K statistics under an exponential fitted to the other K-1 (without their
     `trim` smallest, null_fit): 1 - F(max)^K (null 'plug-in'), or its exact tail probability (null
@@ -1049,8 +1055,7 @@ def max_p_value(stats, null=None, trim=0):
     k = len(s)
     if k < 3:
         return 1.0  # one null point: no fit possible (documented fallback: called clean)
-    loc, scale = null_fit(s, trim)
-    scale = max(scale, 1e-12 * max(1.0, abs(loc)), HYP['scale_floor'])
+    loc, scale = _floored(*null_fit(s, trim))
     z = torch.clamp(s.max() - loc, min=0) / scale
     if null == 'exact':
         return exact_tail(z.item(), k - _trimmed(k, trim))
@@ -1209,19 +1214,21 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     p_draws = [d[2] for d in decided]
     middle = median_draw(p_draws)
     runs, (finals, per_contrast, p, p_patch, test, judged) = results[middle][0], decided[middle]
-    p_release, p_margin, p_early = p, None, None
+    p_release, p_margin, p_early, per_pooled = p, None, None, None
+    if per_early is not None and HYP['early_pool']:
+        per_pooled = pooled_margins(per_margin, per_early, _margin_trim(plan_c))
     if per_margin is not None:
         p, p_margin, p_early, decides = combine(p_release, per_margin, finals, plan_c, per_early)
         if decides:
-            test, judged = decides, {'margin': per_margin, 'early': per_early}[decides]
+            test, judged = decides, {'margin': per_margin, 'early': per_early, 'pooled': per_pooled}[decides]
     raw, far, cores = runs[0]
     stats, dense = finals[0], finals[1] if len(finals) > 1 else None
     target = int(np.argmax(judged))
-    loc, scale = null_fit(judged, _margin_trim(plan_c) if test in ('margin', 'early') else 0) if num_classes > 2 else (judged[0], 0.0)
+    loc, scale = null_fit(judged, _margin_trim(plan_c) if test in MARGIN_TESTS else 0) if num_classes > 2 else (judged[0], 0.0)
     return {
         'verdict': 0 if p < P_THRESHOLD else 1,  # 0 backdoored, 1 clean
         'p_value': p,
-        'judged': test,                          # the test with the smallest p-value: 'patch' (per_class), 'contrast', 'spike', 'margin' or 'early' (combine 'either', 'agree', 'fisher')
+        'judged': test,                          # the test with the smallest p-value: 'patch' (per_class), 'contrast', 'spike', or one of MARGIN_TESTS (combine 'either', 'agree', 'fisher')
         'statistic': judged[target],             # that test's largest statistic
         'target': target,                        # the class it belongs to: the suspected backdoor target
         'per_class': stats,                      # the patch test's statistics (steps 1-3, and the core factor)
@@ -1239,6 +1246,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'per_class_margin': per_margin,          # confirm: its statistic per class, a quantile of the margins (None when off; confirm_landing: softplus, discounted)
         'p_early': p_early,                      # early_read: the third test's p-value (None when off or skipped)
         'per_class_early': per_early,            # early_read: its statistic per class, as per_class_margin's (None when off or skipped)
+        'per_class_pooled': per_pooled,          # early_pool: pooled_margins() of the two searches, the one test they make (None when off or skipped)
         'confirm_plan': plan_c,                  # confirm: its images and schedule length per class (confirm_read of the steps run; None when off or skipped)
         'p_draws': p_draws,                      # each image draw's p-value; p_release is their median (one draw: its own)
         'draw': middle,                          # the draw whose statistics the fields above report
@@ -1410,15 +1418,27 @@ def combine(p_release, per_margin, finals, plan=None, per_early=None):
     and fisher_two(p_patch, p_margin), where the margin test then decides too. `per_early` (HYP['early_read'];
     None when off): the early margin search's statistics, whose p-value p_early is one more alternative
     (Sidak over three; 'both': max(p, 1 - (1 - min(p_margin, p_early))^2)); p_early is None without them.
-    The test that decides: None (the release's), 'margin' or 'early'. `plan`: the margin tests' (images,
-    steps), which sets their nulls' trim (_margin_trim)."""
+    With HYP['early_pool'] the two searches are instead one test in the margin test's place: the p-value of
+    pooled_margins() (Sidak over two). The test that decides: None (the release's), 'margin', 'early' or
+    'pooled'. `plan`: the margin tests' (images, steps), which sets their nulls' trim (_margin_trim)."""
     trim = _margin_trim(plan)
     p_margin = max_p_value(per_margin, trim=trim)
     p_early = None if per_early is None else max_p_value(per_early, trim=trim)
+    if p_early is not None and HYP['early_pool']:
+        pooled = pooled_margins(per_margin, per_early, trim)
+        p, decides = _alternatives(p_release, pooled, max_p_value(pooled, trim=trim), finals)
+        return p, p_margin, p_early, decides and 'pooled'
+    p, decides = _alternatives(p_release, per_margin, p_margin, finals, p_early)
+    return p, p_margin, p_early, decides
+
+
+def _alternatives(p_release, per_margin, p_margin, finals, p_early=None):
+    """combine()'s (p-value, which test decides) for a margin-type test with per-class statistics
+    `per_margin` and p-value `p_margin`, and the early search's p-value (None: not run)."""
     early, tests = (1.0, 2) if p_early is None else (p_early, 3)
     how = HYP['combine']
     if how == 'both':
-        return max(p_release, 1 - (1 - min(p_margin, early)) ** (tests - 1)), p_margin, p_early, None
+        return max(p_release, 1 - (1 - min(p_margin, early)) ** (tests - 1)), None
     top = int(np.argmax(per_margin))
     agrees = how in ('either', 'fisher') or top in {int(np.argmax(f)) for f in finals}
     counted = p_margin if agrees else 1.0
@@ -1426,9 +1446,30 @@ def combine(p_release, per_margin, finals, plan=None, per_early=None):
     if how == 'fisher' and top == int(np.argmax(finals[0])):
         joint = fisher_two(max_p_value(finals[0]), p_margin)
         if joint < p:
-            return joint, p_margin, p_early, 'margin'
-    decides = 'early' if early < min(p_release, counted) else 'margin' if counted < p_release else None
-    return p, p_margin, p_early, decides
+            return joint, 'margin'
+    return p, 'early' if early < min(p_release, counted) else 'margin' if counted < p_release else None
+
+
+MARGIN_TESTS = ('margin', 'early', 'pooled')  # combine()'s names for the test that decides, besides the release's
+
+
+def judged_margins(decides, per_margin, per_early, plan=None):
+    """The per-class statistics of the margin-type test that combine() says decides."""
+    if decides == 'pooled':
+        return pooled_margins(per_margin, per_early, _margin_trim(plan))
+    return {'margin': per_margin, 'early': per_early}[decides]
+
+
+def pooled_margins(per_margin, per_early, trim=0):
+    """Per class, the margin test's and the early search's statistics, each standardised by the exponential
+    null fitted to its other classes (null_fit, scale floored as max_p_value's), summed: (s - loc) / scale
+    + (e - loc') / scale'. A trigger's target leads both searches, so the sum adds their evidence in one
+    test; a class that leads one alone is diluted by its standing in the other."""
+    total = 0
+    for stats in (per_margin, per_early):
+        loc, scale = _floored(*null_fit(stats, trim))
+        total = total + (torch.as_tensor(stats, dtype=torch.float64) - loc) / scale
+    return total.tolist()
 
 
 def fisher_two(p1, p2):

@@ -41,7 +41,7 @@ def suspected_trigger(net, x, labels, target, mean, std):
 # solution's tests by name (evidence 'judged') and the per-class statistics each one judged
 JUDGED = {'patch': ('per_class', 'statistics'), 'contrast': ('per_class_contrast', 'contrast'),
           'spike': ('per_class_spike', 'spike'), 'margin': ('per_class_margin', 'largest margin'),
-          'early': ('per_class_early', 'early margin')}
+          'early': ('per_class_early', 'early margin'), 'pooled': ('per_class_pooled', 'pooled margins')}
 
 
 def judged_statistics(ev):

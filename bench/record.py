@@ -96,7 +96,7 @@ REDUCE = {
 
 # The settings rescoring applies itself (solution._decide and the factors); any other needs a new recording.
 RESCORABLE = ('core', 'landing', 'log', 'contrast_power', 'contrast_cap', 'null', 'scale_floor', 'spike', 'confirm_trim',
-              'confirm_trim_largest', 'contrast_own')
+              'confirm_trim_largest', 'contrast_own', 'early_pool')
 
 
 # Settings whose default is no longer off: a record taken before they existed ran without them.
@@ -154,8 +154,9 @@ def rescore(rec, reduce='recorded', sets=()):
         margins = rec['evidence'].get('per_class_margin')
         if margins is not None:  # the margin test's statistics as recorded, combined as the call combined them
             early = rec['evidence'].get('per_class_early')
-            p, _, _, decides = solution.combine(p, margins, finals, rec['evidence'].get('confirm_plan'), early)
-            judged = {'margin': margins, 'early': early}.get(decides, judged)
+            plan = rec['evidence'].get('confirm_plan')
+            p, _, _, decides = solution.combine(p, margins, finals, plan, early)
+            judged = solution.judged_margins(decides, margins, early, plan) if decides else judged
     return p, max(range(k), key=lambda i: judged[i]), finals
 
 

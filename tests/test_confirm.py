@@ -377,6 +377,51 @@ def test_combine_counts_the_early_search_as_a_third_alternative(monkeypatch):
     assert solution.combine(1e-5, flat, [flat])[0] == p_flat  # the margin test alone, flat: not confirmed
 
 
+def test_pooled_margins_sums_each_search_standardised_by_its_own_null():
+    """Each search is scaled by the exponential fitted to its other classes (loc = their least, scale =
+    their mean excess): where the other classes' order differs between the searches (their noise is not
+    shared), a class ahead in both stands further out in the sum than in either."""
+    margin = [0.0, 1.0, 2.0, 3.0, 7.0]   # null of the others: loc 0, scale 1.5
+    early = [11.5, 11.0, 10.5, 10.0, 13.0]  # loc 10, scale 0.75
+    assert solution.pooled_margins(margin, early) == pytest.approx(
+        [0 / 1.5 + 1.5 / 0.75, 1 / 1.5 + 1 / 0.75, 2 / 1.5 + 0.5 / 0.75, 3 / 1.5 + 0 / 0.75, 7 / 1.5 + 3 / 0.75])
+    both = solution.pooled_margins(margin, early)
+    assert solution.max_p_value(both) < min(solution.max_p_value(margin), solution.max_p_value(early))
+
+
+def test_early_pool_makes_the_two_searches_one_test(monkeypatch):
+    """With early_pool, combine corrects over two tests, the release's and the pooled searches', and names
+    'pooled' where the latter decides; p_margin and p_early are still reported."""
+    margin, early = [0.2 * i for i in range(9)] + [3.0], [0.3 * i for i in range(9)] + [4.5]
+    pooled = solution.pooled_margins(margin, early)
+    p_pool, p_margin, p_early = solution.max_p_value(pooled), solution.max_p_value(margin), solution.max_p_value(early)
+    monkeypatch.setitem(solution.HYP, 'combine', 'either')
+    three = solution.combine(0.3, margin, [margin], per_early=early)
+    monkeypatch.setitem(solution.HYP, 'early_pool', True)
+    assert solution.combine(0.3, margin, [margin], per_early=early) == (
+        pytest.approx(1 - (1 - p_pool) ** 2), p_margin, p_early, 'pooled')
+    assert solution.combine(0.3, margin, [margin], per_early=early)[0] < three[0]
+    assert solution.combine(1e-6, margin, [margin], per_early=early)[3] is None  # the release's own p decides
+    assert solution.combine(0.3, margin, [margin]) == solution.combine(0.3, margin, [margin], per_early=None)
+    assert solution.combine(0.3, margin, [margin])[3] == 'margin'  # without the early search: as before
+    assert solution.judged_margins('pooled', margin, early) == pooled
+
+
+def test_early_pool_reports_the_pooled_statistics_in_evidence(toy_model, image_folder, fast, monkeypatch):
+    def search(split, h0, num_classes, chunk, steps, end, read, labels):
+        far = 4.0 if len(split.stem) == 1 else 6.0  # both searches lead with class 3
+        return [0.3 * (i % 5) for i in range(3)] + [far] + [0.3 * (i % 5) for i in range(num_classes - 4)], \
+            [torch.zeros(num_classes, split.linear.in_features)]
+    monkeypatch.setattr(solution, '_margin_search', search)
+    monkeypatch.setitem(solution.HYP, 'early_pool', True)
+    e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    assert e['per_class_pooled'] == pytest.approx(solution.pooled_margins(e['per_class_margin'], e['per_class_early']))
+    assert e['judged'] == 'pooled' and e['target'] == 3 and e['statistic'] == max(e['per_class_pooled'])
+    assert e['p_value'] == pytest.approx(1 - (1 - min(e['p_release'], solution.max_p_value(e['per_class_pooled']))) ** 2)
+    monkeypatch.setitem(solution.HYP, 'early_pool', False)
+    assert solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)['per_class_pooled'] is None
+
+
 def test_the_margin_plan_prices_the_early_search_too(monkeypatch):
     """The early search's steps are priced into the margin test's plan: in the same seconds, fewer images."""
     monkeypatch.setitem(solution.HYP, 'early_read', 0.0)
@@ -387,7 +432,7 @@ def test_the_margin_plan_prices_the_early_search_too(monkeypatch):
 
 
 @pytest.mark.parametrize('key, bad', [('early_read', -0.1), ('early_read', True), ('early_read', 1.5),
-                                      ('early_split', -1), ('early_split', 1.0)])
+                                      ('early_split', -1), ('early_split', 1.0), ('early_pool', 'yes')])
 def test_bad_early_settings_are_refused(toy_model, image_folder, monkeypatch, key, bad):
     monkeypatch.setitem(solution.HYP, key, bad)
     with pytest.raises(ValueError, match=key):

@@ -241,6 +241,23 @@ def test_the_margin_null_trim_rescores_and_a_record_from_before_it_rescores_with
     assert record.rescore(rec)[0] == pytest.approx(plain, rel=1e-9)
 
 
+def test_the_two_margin_searches_rescore_pooled(rec):
+    """early_pool acts on the two margin searches' recorded statistics: rescored with it, the record's p is
+    combine()'s under it and its target the pooled statistics' top class."""
+    margins = [0.1, 0.4, 0.2, 0.3, 2.5, 0.0, 0.5, 0.35, 0.15, 0.45]
+    early = [0.3, 0.0, 0.5, 0.1, 1.9, 0.4, 0.2, 0.45, 0.35, 0.15]
+    rec['evidence'].update(per_class_margin=margins, per_class_early=early, confirm_plan=(12, 100))
+    rec['hyp'].update(early_pool=False)
+    release = record.rescore(dict(rec, evidence=dict(rec['evidence'], per_class_margin=None)))[0]
+    plain = record.rescore(rec)[0]
+    pooled, target, finals = record.rescore(rec, sets=('early_pool=True',))
+    with restoring(solution):
+        solution.HYP['early_pool'] = True
+        expect = solution.combine(release, margins, finals, (12, 100), early)
+    assert expect[3] == 'pooled' and target == 4
+    assert pooled == pytest.approx(expect[0], rel=1e-9) and pooled != pytest.approx(plain, rel=1e-6)
+
+
 def test_the_contrast_gate_rescores_from_the_recorded_own_margins(rec):
     """contrast_own acts after the margins, on the record's own margins: a record rescores under it."""
     ev = rec['evidence']
