@@ -1220,7 +1220,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     if per_margin is not None:
         p, p_margin, p_early, decides = combine(p_release, per_margin, finals, plan_c, per_early)
         if decides:
-            test, judged = decides, {'margin': per_margin, 'early': per_early, 'pooled': per_pooled}[decides]
+            test, judged = decides, judged_margins(decides, per_margin, per_early, plan_c)
     raw, far, cores = runs[0]
     stats, dense = finals[0], finals[1] if len(finals) > 1 else None
     target = int(np.argmax(judged))
