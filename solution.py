@@ -1463,8 +1463,10 @@ def judged_margins(decides, per_margin, per_early, plan=None):
 def pooled_margins(per_margin, per_early, trim=0):
     """Per class, the margin test's and the early search's statistics, each standardised by the exponential
     null fitted to its other classes (null_fit, scale floored as max_p_value's), summed: (s - loc) / scale
-    + (e - loc') / scale'. A trigger's target leads both searches, so the sum adds their evidence in one
-    test; a class that leads one alone is diluted by its standing in the other."""
+    + (e - loc') / scale'. Where a trigger's target leads both searches the sum adds their evidence in one
+    test; a class that leads one alone counts with its standing in the other. The sum of two standardised
+    exponentials is lighter-tailed than the exponential max_p_value fits to it, so the test is conservative
+    (RESULTS.md, The two margin searches pooled into one test)."""
     total = 0
     for stats in (per_margin, per_early):
         loc, scale = _floored(*null_fit(stats, trim))
