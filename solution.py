@@ -89,7 +89,9 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        takes the exact tail of the same fitted statistic instead (exact_tail). HYP['scale_floor'] (off)
        keeps the fitted scale at least that large: a null fitted to statistics that all sit near 0 (few
        steps, each class scored on other classes' images only) has a scale near 0, and any class a
-       little above them becomes an outlier.
+       little above them becomes an outlier. HYP['null_absent'] (off) fits it without the classes that
+       have no image in a draw where own images count (_absent: 8 images of 10 classes, a CPU's plan):
+       on MNIST those score near 0 beside the rest, set the loc and widen the scale (RESULTS.md).
     5. HYP['contrast'] (on): steps 1-3 run a second time with no area limit and no value bounds (a
        dense pass), and a second set of statistics, contrast(), asks which class is much easier to
        reach with a dense change than with a patch: D~ / (P~ + 1) ** 2, each pass divided by its mean
@@ -253,6 +255,7 @@ HYP = {
     'early_read': 0.05,      # confirm: a third test, the margin test again at HYP['early_split'], read after this share of its schedule (0.05: five of 100 steps; 0 = off; _margin_tests)
     'early_split': 1,        # confirm, early_read: that search's split (stages before its free variable; 1: conv1 only)
     'early_pool': False,     # confirm, early_read: the two margin searches as one test, their standardised statistics summed per class (pooled_margins), one correction fewer
+    'null_absent': False,    # the release's tests: where the draw leaves some classes without an image (and their own images count), fit the null without those classes (_absent)
     'confirm_min': 2,        # confirm: the fewest images it runs with; where its share fits fewer, it is skipped and the release has the whole time (0: it always runs, on the smallest plan where none fits, cut by the deadline)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
@@ -277,7 +280,8 @@ CHOICES = {'mode': ('free', 'universal'), 'init': ('images', 'noise'), 'reduce':
            'exclude_own': (False, True, 'sparse'), 'aggregate': ('mean', 'median'), 'statistic': ('transfer', 'margin'), 'own_norm': (True, False), 'own_floor': (False, True, 'sparse'),
            'log': (False, True), 'spike': (False, True), 'contrast': (False, True), 'leave_one_out': (False, True),
            'window': (False, True), 'null': ('plug-in', 'exact'), 'combine': ('both', 'either', 'agree', 'fisher'),
-           'confirm_others': (False, True), 'contrast_cap': (False, True), 'early_pool': (False, True)}
+           'confirm_others': (False, True), 'contrast_cap': (False, True), 'early_pool': (False, True),
+           'null_absent': (False, True)}
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.gif', '.tif', '.tiff', '.webp'}
 
@@ -744,6 +748,19 @@ def _when(key, n, num_classes):
     return 2 * n < num_classes if v == 'sparse' else v
 
 
+def _absent(labels, num_classes):
+    """The classes the release's nulls leave out (HYP['null_absent']; () when off): those without an image
+    in a draw of `labels` that holds images of some classes but not all, where each class's own images
+    count (exclude_own resolved False for the draw). The mean over the images then gives every class with
+    an image in the draw one image that starts ahead; those without one score near 0 (MNIST, 8 images of
+    10 classes) and would set the null's loc and widen its scale."""
+    if not HYP['null_absent'] or _when('exclude_own', len(labels), num_classes):
+        return ()
+    present = {int(v) for v in labels}
+    absent = tuple(c for c in range(num_classes) if c not in present)
+    return absent if len(absent) < num_classes else ()
+
+
 def _class_statistics(split, h0, labels, classes, steps, deadline, bounds=None, area=None, refine=None, core=None,
                       exclude=False):
     """For each class in `classes`, push the n activations h0 (n, C, H, W) towards it; its statistic.
@@ -1030,15 +1047,24 @@ def _trimmed(k, trim):
     return max(0, min(trim, k - 3))
 
 
-def null_fit(stats, trim=0):
+def null_fit(stats, trim=0, leave_out=()):
     """(loc, scale) of the exponential fitted to the statistics other than the largest, without their
-    `trim` smallest (_trimmed). The exponential forgets where it starts: above its (j+1)-th smallest
-    value an exponential sample is still exponential with the same scale, so leaving out the j smallest
-    costs points, not bias, and a class far below the rest no longer sets the loc and widens the scale."""
+    `trim` smallest (_trimmed) and without the classes in `leave_out` (_kept). The exponential forgets
+    where it starts: above its (j+1)-th smallest value an exponential sample is still exponential with
+    the same scale, so leaving out the j smallest costs points, not bias, and a class far below the rest
+    no longer sets the loc and widens the scale."""
     s = torch.as_tensor(stats, dtype=torch.float64)
-    top = s.argmax()
-    others = torch.cat([s[:top], s[top + 1:]]).sort().values
-    return exponential_fit(others[_trimmed(len(s), trim):])
+    others = s[_kept(s, leave_out)].sort().values
+    return exponential_fit(others[_trimmed(len(others) + 1, trim):])
+
+
+def _kept(s, leave_out=()):
+    """Indices of the null's points: every class but the largest and those in `leave_out` (the largest
+    is tested whatever its class); all but the largest where leaving them out would keep fewer than two."""
+    top = int(s.argmax())
+    others = [i for i in range(len(s)) if i != top]
+    kept = [i for i in others if i not in set(leave_out)]
+    return kept if len(kept) >= 2 else others
 
 
 def _floored(loc, scale):
@@ -1046,19 +1072,21 @@ def _floored(loc, scale):
     return loc, max(scale, 1e-12 * max(1.0, abs(loc)), HYP['scale_floor'])
 
 
-def max_p_value(stats, null=None, trim=0):
+def max_p_value(stats, null=None, trim=0, leave_out=()):
     """p of the largest of K statistics under an exponential fitted to the other K-1 (without their
-    `trim` smallest, null_fit): 1 - F(max)^K (null 'plug-in'), or its exact tail probability (null
-    'exact', exact_tail, over the K - trim statistics the fit keeps); None: HYP['null']."""
+    `trim` smallest and the classes in `leave_out`, null_fit): 1 - F(max)^K (null 'plug-in'), or its
+    exact tail probability (null 'exact', exact_tail, over the statistics the fit keeps and the largest);
+    None: HYP['null']."""
     null = HYP['null'] if null is None else null
     s = torch.as_tensor(stats, dtype=torch.float64)
     k = len(s)
     if k < 3:
         return 1.0  # one null point: no fit possible (documented fallback: called clean)
-    loc, scale = _floored(*null_fit(s, trim))
+    loc, scale = _floored(*null_fit(s, trim, leave_out))
     z = torch.clamp(s.max() - loc, min=0) / scale
     if null == 'exact':
-        return exact_tail(z.item(), k - _trimmed(k, trim))
+        m = len(_kept(s, leave_out)) + 1
+        return exact_tail(z.item(), m - _trimmed(m, trim))
     return float(1 - (1 - torch.exp(-z)) ** k)
 
 # -----------------------------------------------------------------------------
@@ -1197,7 +1225,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
                 runs.append((stats, far, core_factors(stats, cut)))
                 if j == 0 and transfer:  # the patch pass
                     spikes = _spikes(landed, feats)
-            results.append((runs, spikes))
+            results.append((runs, spikes, _absent(l0.tolist(), num_classes)))
         per_margin = per_early = None
         if share:  # the seed's test on its own images: a balanced subset, through conv1 and layer1[0]
             chosen_c = _balanced_indices(labels, n_c, HYP['image_seed'])
@@ -1206,11 +1234,11 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
             if HYP['confirm_landing'] > 0:  # discount a class whose best image lands among its own clean ones
                 far = torch.tensor(landing(torch.cat(margin_landed), feats, y, num_classes), dtype=torch.float64)
                 per_margin = (F.softplus(torch.tensor(per_margin, dtype=torch.float64)) * far ** HYP['confirm_landing']).tolist()
-    values = [v for runs, spikes in results for run in runs for v in run[0] + run[1] + run[2] + (spikes or [])]
+    values = [v for runs, spikes, _ in results for run in runs for v in run[0] + run[1] + run[2] + (spikes or [])]
     if not all(math.isfinite(v) for v in values + own + (per_margin or []) + (per_early or [])):
         raise ValueError('the model gives non-finite outputs (NaN or inf) on these images; no test is possible')
     floor = _when('own_floor', len(h0), num_classes)  # every draw holds as many images
-    decided = [_decide(runs, own, transfer, spikes, floor) for runs, spikes in results]
+    decided = [_decide(runs, own, transfer, spikes, floor, absent) for runs, spikes, absent in results]
     p_draws = [d[2] for d in decided]
     middle = median_draw(p_draws)
     runs, (finals, per_contrast, p, p_patch, test, judged) = results[middle][0], decided[middle]
@@ -1224,7 +1252,9 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     raw, far, cores = runs[0]
     stats, dense = finals[0], finals[1] if len(finals) > 1 else None
     target = int(np.argmax(judged))
-    loc, scale = null_fit(judged, _margin_trim(plan_c) if test in MARGIN_TESTS else 0) if num_classes > 2 else (judged[0], 0.0)
+    margin_test = test in MARGIN_TESTS
+    loc, scale = (null_fit(judged, _margin_trim(plan_c) if margin_test else 0, () if margin_test else results[middle][2])
+                  if num_classes > 2 else (judged[0], 0.0))
     return {
         'verdict': 0 if p < P_THRESHOLD else 1,  # 0 backdoored, 1 clean
         'p_value': p,
@@ -1250,6 +1280,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'confirm_plan': plan_c,                  # confirm: its images and schedule length per class (confirm_read of the steps run; None when off or skipped)
         'p_draws': p_draws,                      # each image draw's p-value; p_release is their median (one draw: its own)
         'draw': middle,                          # the draw whose statistics the fields above report
+        'absent': list(results[middle][2]),      # null_absent: the classes that draw's release nulls left out (_absent)
         'images': int(len(h0)), 'steps': steps, 'draws': draws, 'data_free': data_free,
         'refine': refine,                        # the refinement's share of the steps this call ran (0: HYP['refine'] did not fit)
         'core_power': core,                      # the core factor's exponent this call ran (0: its cut did not fit either; _settings)
@@ -1257,7 +1288,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     }
 
 
-def _decide(runs, own, transfer, spikes=None, floor=None):
+def _decide(runs, own, transfer, spikes=None, floor=None, absent=()):
     """From each pass's (raw statistics, landing factors, core factors) and the classes' own margins:
     the final statistics per pass, the contrast (None with one pass), the p-value, the patch test's own
     p-value, which test decided ('patch', 'contrast' or 'spike') and that test's statistics. The core
@@ -1267,7 +1298,7 @@ def _decide(runs, own, transfer, spikes=None, floor=None):
     `floor` (None: HYP['own_floor'] is True; evidence() resolves 'sparse' for its draw, _when) each
     transfer statistic S of class t first becomes (1 - 1/K) S + own[t] / K (the core factors were taken
     before), and HYP['own_norm'] divides by 1 + own[t]. HYP['contrast_own'] may leave the contrast
-    uncounted (p 1, _own_gate)."""
+    uncounted (p 1, _own_gate). Each test's null leaves out the classes in `absent` (_absent)."""
     finals, plain, raw = [], [], []
     k = len(own)
     norm = own if HYP['own_norm'] else [0.0] * k
@@ -1284,7 +1315,8 @@ def _decide(runs, own, transfer, spikes=None, floor=None):
         plain.append(base)
     per_contrast = contrast(plain[0], plain[1], raw[1]) if len(finals) > 1 else None
     tests = [('patch', finals[0]), ('contrast', per_contrast), ('spike', spikes)]
-    tests = [(name, v, max_p_value(v) if name != 'contrast' or _own_gate(v, own) else 1.0) for name, v in tests if v is not None]
+    tests = [(name, v, max_p_value(v, leave_out=absent) if name != 'contrast' or _own_gate(v, own) else 1.0)
+             for name, v in tests if v is not None]
     p_patch = tests[0][2]
     test, judged, p_min = min(tests, key=lambda t: t[2])  # the first of equals: the patch test on a tie
     p = p_min if len(tests) == 1 else 1 - (1 - p_min) ** len(tests)  # Sidak: the smallest of len(tests) p-values

@@ -96,7 +96,7 @@ REDUCE = {
 
 # The settings rescoring applies itself (solution._decide and the factors); any other needs a new recording.
 RESCORABLE = ('core', 'landing', 'log', 'contrast_power', 'contrast_cap', 'null', 'scale_floor', 'spike', 'confirm_trim',
-              'confirm_trim_largest', 'contrast_own', 'early_pool')
+              'confirm_trim_largest', 'contrast_own', 'early_pool', 'null_absent')
 
 
 # Settings whose default is no longer off: a record taken before they existed ran without them.
@@ -181,7 +181,8 @@ def _rescore_draw(rec, passes, fn, k):
         if len(runs) == 1:  # the patch pass's landing points
             spikes = solution._spikes(landed, rec['feats'])
     floor = solution._when('own_floor', rec['evidence']['images'], k)  # as evidence() resolved it
-    finals, _, p, _, _, judged = solution._decide(runs, rec['evidence']['own_margin'], True, spikes, floor)
+    absent = solution._absent(passes[0]['labels'].tolist(), k)  # as evidence() resolved it for the draw
+    finals, _, p, _, _, judged = solution._decide(runs, rec['evidence']['own_margin'], True, spikes, floor, absent)
     return p, judged, finals
 
 

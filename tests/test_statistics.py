@@ -561,3 +561,31 @@ def test_trimmed_null_ignores_a_low_outlier_and_keeps_its_rate_on_exponential_dr
             for null in ('plug-in', 'exact') for t in (0, 2)}
     assert 0.06 < rate['exact', 2] < 0.10
     assert abs(rate['plug-in', 2] - rate['plug-in', 0]) < 0.04
+
+
+def test_null_leaves_out_the_named_classes_but_always_tests_the_largest():
+    # Two classes near 0 (no image of theirs in the draw) set the plain null's loc and widen its scale.
+    x = [0.0, 0.9, 1.0, 1.1, 0.01, 1.2, 1.3, 1.4, 1.5, 3.0]
+    plain, left = solution.max_p_value(x), solution.max_p_value(x, leave_out=(0, 4))
+    assert plain > 0.3 and left < 0.02
+    assert left == solution.max_p_value(x, trim=2)  # here the two left out are the two smallest
+    assert solution.null_fit(x, leave_out=(0, 4)) == solution.exponential_fit([0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5])
+    assert solution.max_p_value(x, leave_out=(0, 4, 9)) == left  # the largest is tested whatever its class
+    assert solution.max_p_value(x, leave_out=(2, 5)) == pytest.approx(  # others than the smallest: their own fit
+        1 - (1 - math.exp(-(3.0 - 0.0) / (sum([0.0, 0.9, 0.01, 1.1, 1.3, 1.4, 1.5]) / 7))) ** 10)
+    assert solution.max_p_value(x, leave_out=range(1, 9)) == plain  # fewer than two points left: all of them
+    assert solution.max_p_value(x, null='exact', leave_out=(0, 4)) == solution.max_p_value(x, null='exact', trim=2)
+
+
+@pytest.mark.parametrize('setting, labels, absent', [
+    (True, [0, 1, 2, 3, 4, 5], (6, 7, 8, 9)),  # six of ten classes: their own images count (not sparse)
+    (True, [0, 1, 2, 3], ()),                   # fewer than half: own images left out (exclude_own 'sparse')
+    (True, list(range(10)) + [3, 4], ()),       # every class has one
+    (True, [-1] * 8, ()),                       # no labels: nothing known
+    (False, [0, 1, 2, 3, 4, 5], ()),            # off
+])
+def test_absent_names_the_classes_without_an_image_in_a_draw_where_own_images_count(monkeypatch, setting, labels, absent):
+    monkeypatch.setitem(solution.HYP, 'null_absent', setting)
+    assert solution._absent(labels, 10) == absent
+    monkeypatch.setitem(solution.HYP, 'exclude_own', True)  # own images left out at any size: nothing to leave out
+    assert solution._absent(labels, 10) == ()
