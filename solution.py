@@ -89,9 +89,10 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        takes the exact tail of the same fitted statistic instead (exact_tail). HYP['scale_floor'] (off)
        keeps the fitted scale at least that large: a null fitted to statistics that all sit near 0 (few
        steps, each class scored on other classes' images only) has a scale near 0, and any class a
-       little above them becomes an outlier. HYP['null_absent'] (off) fits it without the classes that
-       have no image in a draw where own images count (_absent: 8 images of 10 classes, a CPU's plan):
-       on MNIST those score near 0 beside the rest, set the loc and widen the scale (RESULTS.md).
+       little above them becomes an outlier. HYP['null_absent'] (off) fits the patch test's null without
+       the classes that have no image in a draw where own images count (_absent; 8 images of 10
+       classes, a CPU's plan): on MNIST those score near 0 beside the rest, set the loc and widen the
+       scale (RESULTS.md).
     5. HYP['contrast'] (on): steps 1-3 run a second time with no area limit and no value bounds (a
        dense pass), and a second set of statistics, contrast(), asks which class is much easier to
        reach with a dense change than with a patch: D~ / (P~ + 1) ** 2, each pass divided by its mean
@@ -255,7 +256,7 @@ HYP = {
     'early_read': 0.05,      # confirm: a third test, the margin test again at HYP['early_split'], read after this share of its schedule (0.05: five of 100 steps; 0 = off; _margin_tests)
     'early_split': 1,        # confirm, early_read: that search's split (stages before its free variable; 1: conv1 only)
     'early_pool': False,     # confirm, early_read: the two margin searches as one test, their standardised statistics summed per class (pooled_margins), one correction fewer
-    'null_absent': False,    # the release's tests: where the draw leaves some classes without an image (and their own images count), fit the null without those classes (_absent)
+    'null_absent': False,    # the patch test: where the draw leaves some classes without an image (and their own images count), fit its null without those classes (_absent)
     'confirm_min': 2,        # confirm: the fewest images it runs with; where its share fits fewer, it is skipped and the release has the whole time (0: it always runs, on the smallest plan where none fits, cut by the deadline)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps
@@ -749,11 +750,12 @@ def _when(key, n, num_classes):
 
 
 def _absent(labels, num_classes):
-    """The classes the release's nulls leave out (HYP['null_absent']; () when off): those without an image
+    """The classes the patch test's null leaves out (HYP['null_absent']; () when off): those without an image
     in a draw of `labels` that holds images of some classes but not all, where each class's own images
     count (exclude_own resolved False for the draw). The mean over the images then gives every class with
     an image in the draw one image that starts ahead; those without one score near 0 (MNIST, 8 images of
-    10 classes) and would set the null's loc and widen its scale."""
+    10 classes) and would set the null's loc and widen its scale. The contrast keeps them: there they lead
+    (a patch reaches them least), a different trap, which its own gate (_own_gate) answers."""
     if not HYP['null_absent'] or _when('exclude_own', len(labels), num_classes):
         return ()
     present = {int(v) for v in labels}
@@ -1253,7 +1255,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
     stats, dense = finals[0], finals[1] if len(finals) > 1 else None
     target = int(np.argmax(judged))
     margin_test = test in MARGIN_TESTS
-    loc, scale = (null_fit(judged, _margin_trim(plan_c) if margin_test else 0, () if margin_test else results[middle][2])
+    loc, scale = (null_fit(judged, _margin_trim(plan_c) if margin_test else 0, results[middle][2] if test == 'patch' else ())
                   if num_classes > 2 else (judged[0], 0.0))
     return {
         'verdict': 0 if p < P_THRESHOLD else 1,  # 0 backdoored, 1 clean
@@ -1280,7 +1282,7 @@ def evidence(model, num_classes, test_images_folder_address, transformation):
         'confirm_plan': plan_c,                  # confirm: its images and schedule length per class (confirm_read of the steps run; None when off or skipped)
         'p_draws': p_draws,                      # each image draw's p-value; p_release is their median (one draw: its own)
         'draw': middle,                          # the draw whose statistics the fields above report
-        'absent': list(results[middle][2]),      # null_absent: the classes that draw's release nulls left out (_absent)
+        'absent': list(results[middle][2]),      # null_absent: the classes that draw's patch null left out (_absent)
         'images': int(len(h0)), 'steps': steps, 'draws': draws, 'data_free': data_free,
         'refine': refine,                        # the refinement's share of the steps this call ran (0: HYP['refine'] did not fit)
         'core_power': core,                      # the core factor's exponent this call ran (0: its cut did not fit either; _settings)
@@ -1298,7 +1300,7 @@ def _decide(runs, own, transfer, spikes=None, floor=None, absent=()):
     `floor` (None: HYP['own_floor'] is True; evidence() resolves 'sparse' for its draw, _when) each
     transfer statistic S of class t first becomes (1 - 1/K) S + own[t] / K (the core factors were taken
     before), and HYP['own_norm'] divides by 1 + own[t]. HYP['contrast_own'] may leave the contrast
-    uncounted (p 1, _own_gate). Each test's null leaves out the classes in `absent` (_absent)."""
+    uncounted (p 1, _own_gate). The patch test's null leaves out the classes in `absent` (_absent)."""
     finals, plain, raw = [], [], []
     k = len(own)
     norm = own if HYP['own_norm'] else [0.0] * k
@@ -1315,8 +1317,8 @@ def _decide(runs, own, transfer, spikes=None, floor=None, absent=()):
         plain.append(base)
     per_contrast = contrast(plain[0], plain[1], raw[1]) if len(finals) > 1 else None
     tests = [('patch', finals[0]), ('contrast', per_contrast), ('spike', spikes)]
-    tests = [(name, v, max_p_value(v, leave_out=absent) if name != 'contrast' or _own_gate(v, own) else 1.0)
-             for name, v in tests if v is not None]
+    tests = [(name, v, max_p_value(v, leave_out=absent if name == 'patch' else ()) if name != 'contrast' or _own_gate(v, own)
+              else 1.0) for name, v in tests if v is not None]
     p_patch = tests[0][2]
     test, judged, p_min = min(tests, key=lambda t: t[2])  # the first of equals: the patch test on a tie
     p = p_min if len(tests) == 1 else 1 - (1 - p_min) ** len(tests)  # Sidak: the smallest of len(tests) p-values

@@ -589,3 +589,20 @@ def test_absent_names_the_classes_without_an_image_in_a_draw_where_own_images_co
     assert solution._absent(labels, 10) == absent
     monkeypatch.setitem(solution.HYP, 'exclude_own', True)  # own images left out at any size: nothing to leave out
     assert solution._absent(labels, 10) == ()
+
+
+def test_decide_leaves_the_absent_classes_out_of_the_patch_null_only(monkeypatch):
+    monkeypatch.setitem(solution.HYP, 'log', False)  # the statistics as given
+    monkeypatch.setitem(solution.HYP, 'contrast_own', 0.0)  # the contrast always counted
+    monkeypatch.setitem(solution.HYP, 'contrast_cap', False)
+    k = 10
+    patch = [0.0, 0.9, 1.0, 1.1, 0.01, 1.2, 1.3, 1.4, 1.5, 3.0]  # classes 0 and 4: no image in the draw
+    dense = [1.0 + 0.1 * i for i in range(k)]
+    runs = [(patch, [1.0] * k, [1.0] * k), (dense, [1.0] * k, [1.0] * k)]
+    _, contrast, p, p_patch, _, _ = solution._decide(runs, [1.0] * k, True)
+    _, contrast_a, p_a, p_patch_a, test, judged = solution._decide(runs, [1.0] * k, True, absent=(0, 4))
+    assert p_patch == solution.max_p_value(patch) > 0.3
+    assert p_patch_a == solution.max_p_value(patch, leave_out=(0, 4)) < 0.02
+    assert contrast_a == contrast and test == 'patch' and judged == patch
+    assert p_a == pytest.approx(1 - (1 - min(p_patch_a, solution.max_p_value(contrast))) ** 2)
+    assert p_a < solution.P_THRESHOLD < p
