@@ -1063,9 +1063,9 @@ def null_fit(stats, trim=0, leave_out=()):
 def _kept(s, leave_out=()):
     """Indices of the null's points: every class but the largest and those in `leave_out` (the largest
     is tested whatever its class); all but the largest where leaving them out would keep fewer than two."""
-    top = int(s.argmax())
+    top, out = int(s.argmax()), set(leave_out)
     others = [i for i in range(len(s)) if i != top]
-    kept = [i for i in others if i not in set(leave_out)]
+    kept = [i for i in others if i not in out]
     return kept if len(kept) >= 2 else others
 
 

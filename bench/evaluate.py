@@ -102,7 +102,7 @@ def run_one(detector, folder, meta, explain_dir=None, detector_name='solution'):
                per_class_margin=ev.get('per_class_margin'), confirm_plan=ev.get('confirm_plan'),
                p_early=ev.get('p_early'), per_class_early=ev.get('per_class_early'),  # its early search (early_read)
                per_class_pooled=ev.get('per_class_pooled'),  # the two searches pooled (early_pool)
-               absent=ev.get('absent'),  # the classes the release's nulls left out (null_absent)
+               absent=ev.get('absent'),  # the classes the patch test's null left out (null_absent)
                p_draws=ev.get('p_draws'), plan=_plan(ev))
     if explain_dir and row['verdict'] != row['truth'] and row['truth'] in (0, 1):
         truth = {0: 'backdoored', 1: 'clean'}[row['truth']]
