@@ -89,10 +89,11 @@ Method (shared-direction transfer in feature space, grown from the seed method o
        takes the exact tail of the same fitted statistic instead (exact_tail). HYP['scale_floor'] (off)
        keeps the fitted scale at least that large: a null fitted to statistics that all sit near 0 (few
        steps, each class scored on other classes' images only) has a scale near 0, and any class a
-       little above them becomes an outlier. HYP['null_absent'] (off) fits the patch test's null without
+       little above them becomes an outlier. HYP['null_absent'] (on) fits the patch test's null without
        the classes that have no image in a draw where own images count (_absent; 8 images of 10
        classes, a CPU's plan): on MNIST those score near 0 beside the rest, set the loc and widen the
-       scale (RESULTS.md).
+       scale, and hid TrojanNN's target (RESULTS.md, The patch null without the classes the draw leaves
+       out: adopted).
     5. HYP['contrast'] (on): steps 1-3 run a second time with no area limit and no value bounds (a
        dense pass), and a second set of statistics, contrast(), asks which class is much easier to
        reach with a dense change than with a patch: D~ / (P~ + 1) ** 2, each pass divided by its mean
@@ -256,7 +257,7 @@ HYP = {
     'early_read': 0.05,      # confirm: a third test, the margin test again at HYP['early_split'], read after this share of its schedule (0.05: five of 100 steps; 0 = off; _margin_tests)
     'early_split': 1,        # confirm, early_read: that search's split (stages before its free variable; 1: conv1 only)
     'early_pool': False,     # confirm, early_read: the two margin searches as one test, their standardised statistics summed per class (pooled_margins), one correction fewer
-    'null_absent': False,    # the patch test: where the draw leaves some classes without an image (and their own images count), fit its null without those classes (_absent)
+    'null_absent': True,     # the patch test: where the draw leaves some classes without an image (and their own images count), fit its null without those classes (_absent)
     'confirm_min': 2,        # confirm: the fewest images it runs with; where its share fits fewer, it is skipped and the release has the whole time (0: it always runs, on the smallest plan where none fits, cut by the deadline)
     'log': True,             # transfer: the class statistic is log(1 + that product), a lighter tail for the exponential null
     'snapshots': (1.0,),     # transfer: the statistic is the mean of _transfer taken after these shares of the steps

@@ -197,7 +197,7 @@ _SYN100, _SYN200 = _synthetic_kw(100), _synthetic_kw(200)
 # 1220-1222: the margin test after conv1 only, read early, as a third alternative (MNIST Blended, clean traps);
 # 1230-1232: held out after it, weighted to where its third correction lost verdicts, and the margin tests' share;
 # 1240-1242 and 1250-1252: the two margin searches pooled into one statistic, one correction fewer;
-# 1260-1262: the release at the GPU's plan beside the CPU's.
+# 1260-1262: the patch null without the classes the draw leaves out, and the release at the GPU's plan beside the CPU's.
 GATE_MODELS = (
     ('cifar10', None, 970, {}), ('cifar10', None, 971, {}), ('cifar10', None, 972, dict(adv='fgsm')),
     ('cifar10', 'badnets', 970, {}), ('cifar10', 'badnets', 975, dict(params=dict(patch=5))),
@@ -352,7 +352,7 @@ GATE_MODELS = (
     ('cifar10', 'trojannn', 1250, {}), ('cifar10', 'badnets', 1251, {}),
     ('mnist', None, 1250, {}), ('mnist', None, 1251, dict(adv='fgsm')), ('mnist', None, 1252, {}),
     ('cifar10', None, 1252, {}), ('cifar10', None, 1250, dict(label_smoothing=0.1)),
-    # seeds 1260-1262: the release at the GPU's plan (budget_s 1000) beside the CPU's, on fresh models
+    # seeds 1260-1262: the patch null without the draw's absent classes (MNIST TrojanNN); the GPU's plan beside the CPU's
     ('cifar10', 'trojannn', 1260, {}), ('cifar10', 'blended', 1261, {}), ('cifar10', 'badnets', 1262, {}),
     ('mnist', 'trojannn', 1260, {}), ('mnist', 'trojannn', 1261, {}), ('mnist', 'blended', 1262, {}), ('mnist', 'sig', 1261, {}),
     ('cifar10', None, 1260, {}), ('cifar10', None, 1261, dict(adv='fgsm')),

@@ -180,7 +180,8 @@ def test_confirm_is_an_intersection_union_and_leaves_the_release_alone(toy_model
     assert on['per_class'] == off['per_class'] and on['p_release'] == off['p_value']  # same plan, same release
     assert on['confirm_plan'] == (6, 16) and len(on['per_class_margin']) == 10
     assert on['p_margin'] == solution.max_p_value(on['per_class_margin'], trim=solution.HYP['confirm_trim'])
-    assert on['p_value'] == max(on['p_release'], on['p_margin'])
+    margins = on['p_margin'] if on['p_early'] is None else 1 - (1 - min(on['p_margin'], on['p_early'])) ** 2
+    assert on['p_value'] == pytest.approx(max(on['p_release'], margins))  # 'both': the early search corrected with it
     assert on['verdict'] == (0 if on['p_value'] < solution.P_THRESHOLD else 1)
 
 

@@ -130,7 +130,7 @@ def test_log_takes_log1p_of_each_class_and_the_test_follows(toy_model, image_fol
     ev = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
     product = [raw * f * c for raw, f, c in zip(ev['per_class_raw'], ev['landing'], ev['core'])]
     assert ev['per_class'] == pytest.approx([math.log1p(v) for v in product])
-    assert ev['p_patch'] == pytest.approx(solution.max_p_value(ev['per_class']))
+    assert ev['p_patch'] == pytest.approx(solution.max_p_value(ev['per_class'], leave_out=ev['absent']))
     monkeypatch.setitem(solution.HYP, 'log', False)
     off = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
     assert off['per_class'] == pytest.approx(product)
@@ -144,7 +144,7 @@ def test_exact_null_judges_the_same_statistics(toy_model, image_folder, fast, mo
     monkeypatch.setitem(solution.HYP, 'null', 'exact')
     exact = _ok(solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE))
     assert exact['per_class'] == pytest.approx(plug['per_class'])  # only the p-value changes
-    assert exact['p_patch'] == pytest.approx(solution.max_p_value(exact['per_class'], null='exact'))
+    assert exact['p_patch'] == pytest.approx(solution.max_p_value(exact['per_class'], null='exact', leave_out=exact['absent']))
     assert exact['p_patch'] >= plug['p_patch'] - 1e-9  # the plug-in is the anti-conservative one
     monkeypatch.setitem(solution.HYP, 'null', 'bootstrap')
     with pytest.raises(ValueError, match='null'):
@@ -301,7 +301,7 @@ def test_without_a_patch_pass_the_contrast_is_skipped(release_alone, monkeypatch
     monkeypatch.setitem(solution.HYP, *setting)
     e = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
     assert e['per_class_dense'] is None and e['per_class_contrast'] is None
-    assert e['p_value'] == e['p_patch'] == solution.max_p_value(e['per_class'])
+    assert e['p_value'] == e['p_patch'] == solution.max_p_value(e['per_class'], leave_out=e['absent'])
 
 
 # --- which images are optimised ----------------------------------------------------------------------

@@ -302,12 +302,13 @@ def test_a_record_it_cannot_rescore_is_refused(rec):
 def test_the_null_without_absent_classes_rescores(rec, toy_model, image_folder, monkeypatch):
     """null_absent acts on the release's recorded statistics and the draw's labels: evidence() under it
     fits the patch null without the classes that have no image in the draw (FAST: 6 images of 10 classes,
-    own images counted), and a record rescores to the same p-value."""
-    ev = rec['evidence']
-    monkeypatch.setitem(solution.HYP, 'null_absent', True)
-    on = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
-    assert ev['absent'] == [] and len(on['absent']) == 4 and on['per_class'] == ev['per_class']
-    assert on['p_patch'] == solution.max_p_value(on['per_class'], leave_out=on['absent']) != ev['p_patch']
-    monkeypatch.setitem(solution.HYP, 'null_absent', False)
-    assert record.rescore(rec, sets=('null_absent=True',))[0] == pytest.approx(on['p_value'], rel=1e-9)
-    assert record.rescore(rec)[0] == pytest.approx(ev['p_value'], rel=1e-9)
+    own images counted), and a record taken either way rescores to either call's p-value."""
+    recorded = solution.HYP['null_absent']
+    monkeypatch.setitem(solution.HYP, 'null_absent', not recorded)
+    other = solution.evidence(toy_model, 10, image_folder, CIFAR_LIKE)
+    off, on = (rec['evidence'], other) if not recorded else (other, rec['evidence'])
+    assert off['absent'] == [] and len(on['absent']) == 4 and on['per_class'] == off['per_class']
+    assert on['p_patch'] == solution.max_p_value(on['per_class'], leave_out=on['absent']) != off['p_patch']
+    assert off['p_patch'] == solution.max_p_value(off['per_class'])
+    for setting, e in ((False, off), (True, on)):
+        assert record.rescore(rec, sets=(f'null_absent={setting}',))[0] == pytest.approx(e['p_value'], rel=1e-9)
